@@ -1,0 +1,76 @@
+"""itop: dynamic sparse training with In-Time Over-Parameterization tracking.
+
+Liu, Yin, Mocanu & Pechenizkiy, "Do We Actually Need Dense Over-Parameterization? In-Time
+Over-Parameterization in Sparse Training", ICML 2021 (arXiv:2102.02887).
+
+Three lines add dynamic sparse training to a PyTorch loop::
+
+    sparsifier = itop.build("rigl-itop", model, optimizer, sparsity=0.98, total_steps=T)
+    ...
+    loss.backward(); optimizer.step(); sparsifier.step()
+    sparsifier.itop_rate()
+"""
+
+from . import criteria, distributed, distributions, schedules
+from .criteria import Criterion, LayerContext, ScoreCriterion
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataNotFoundError,
+    DivergenceError,
+    ItopError,
+)
+from .initialization import rescale_to_sparse_fan_in
+from .methods import (
+    METHODS,
+    Method,
+    SparseConfig,
+    build,
+    from_config,
+    get_method,
+    list_methods,
+    register_method,
+    resolve_config,
+)
+from .schedules import ConstantDrop, CosineDrop, LinearDrop, UpdateSchedule
+from .sparsifier import LayerStats, Sparsifier
+from .targets import Target, TargetSelector, unwrap_model
+from .tracker import ExplorationTracker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "CheckpointError",
+    "ConfigError",
+    "ConstantDrop",
+    "CosineDrop",
+    "Criterion",
+    "DataNotFoundError",
+    "DivergenceError",
+    "ExplorationTracker",
+    "ItopError",
+    "LayerContext",
+    "LayerStats",
+    "LinearDrop",
+    "Method",
+    "ScoreCriterion",
+    "SparseConfig",
+    "Sparsifier",
+    "Target",
+    "TargetSelector",
+    "UpdateSchedule",
+    "__version__",
+    "build",
+    "criteria",
+    "distributed",
+    "distributions",
+    "from_config",
+    "get_method",
+    "list_methods",
+    "register_method",
+    "rescale_to_sparse_fan_in",
+    "resolve_config",
+    "schedules",
+    "unwrap_model",
+]

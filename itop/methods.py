@@ -1,0 +1,268 @@
+"""Named methods: dense, static, SET, RigL, SNFS and the ITOP presets.
+
+A method is a set of defaults for :class:`SparseConfig`, the flat, serialisable description
+of a sparsifier that configs and the CLI use. :func:`build` merges method defaults with the
+user's overrides and returns a :class:`~itop.sparsifier.Sparsifier`. New methods are added with
+:func:`register_method`; nothing here branches on a method's name.
+
+Choosing ΔT (``update_interval``): more updates explore more weights and raise the ITOP rate
+R_s, which is what improves accuracy (Liu et al. 2021, claim 1), but a regrown weight needs
+enough steps to grow before the next prune judges it. Too small a ΔT turns exploration
+unreliable and stops helping. The ITOP paper used ΔT = 1500 (SET) and 4000 (RigL) on CIFAR
+with batch 128 for 250 epochs; scale ΔT with the number of steps per epoch when your batch size
+or dataset differ, and watch ``reliable_itop_rate`` and the lifetime statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .distributions import erdos_renyi_kernel, get_distribution
+from .errors import ConfigError, unknown_name
+from .schedules import UpdateSchedule, make_drop_schedule
+from .sparsifier import Sparsifier
+from .targets import TargetSelector
+
+__all__ = ["METHODS", "Method", "SparseConfig", "build", "get_method", "list_methods", "register_method"]
+
+
+@dataclass
+class SparseConfig:
+    """Flat description of a sparsifier; every field has a config/CLI key of the same name.
+
+    Attributes:
+        sparsity: Global fraction of zero weights, in [0, 1).
+        distribution: ``uniform``, ``er``, ``erk`` (or ``custom`` with ``layer_sparsity``).
+        erk_power_scale: Exponent of the ERK raw scale.
+        prune: Prune criterion name.
+        grow: Grow criterion name.
+        update_interval: ΔT in steps; ``None`` for a static mask.
+        update_start: First step after which updates may happen.
+        update_end: Fraction of ``total_steps`` after which updates stop (RigL: 0.75).
+        drop_fraction: Drop fraction at the start of training.
+        final_drop_fraction: Drop fraction at the end (cosine/linear schedules).
+        drop_schedule: ``constant``, ``cosine`` or ``linear``.
+        grow_init: ``zero``, ``keep`` or ``normal``.
+        sparse_init: Rescale initial weights to the sparse fan-in (Evci et al. 2022).
+        keep_first_dense: Keep the first sparsifiable layer dense.
+        keep_last_dense: Keep the last sparsifiable layer dense.
+        layer_sparsity: Name pattern -> fixed sparsity of the matching layers.
+        exclude: Name patterns of weights not sparsified at all.
+        reliable_steps: Threshold of the reliable R_s (default: ``update_interval``).
+        seed: Seed of the engine's random streams (``None``: from torch's global RNG).
+    """
+
+    sparsity: float = 0.9
+    distribution: str = "erk"
+    erk_power_scale: float = 1.0
+    prune: str = "magnitude"
+    grow: str = "random"
+    update_interval: int | None = 100
+    update_start: int = 0
+    update_end: float = 1.0
+    drop_fraction: float = 0.3
+    final_drop_fraction: float = 0.0
+    drop_schedule: str = "cosine"
+    grow_init: str = "zero"
+    sparse_init: bool = False
+    keep_first_dense: bool = False
+    keep_last_dense: bool = False
+    layer_sparsity: dict[str, float] = field(default_factory=dict)
+    exclude: list[str] = field(default_factory=list)
+    reliable_steps: int | None = None
+    seed: int | None = None
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named method: defaults, plus values that the method always forces."""
+
+    name: str
+    description: str
+    defaults: Mapping[str, Any]
+    forced: Mapping[str, Any] = field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(
+    name: str, description: str, *, forced: Mapping[str, Any] | None = None, **defaults: Any
+) -> Method:
+    """Register a method under ``name`` (usable by :func:`build` and the CLI).
+
+    Args:
+        name: Method name.
+        description: One line for listings.
+        forced: Keys the method always sets, whatever the user passes (e.g. dense: sparsity 0).
+        **defaults: :class:`SparseConfig` fields the method changes by default.
+    """
+    _check_keys({**defaults, **(forced or {})})
+    method = Method(name, description, dict(defaults), dict(forced or {}))
+    METHODS[name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise unknown_name("method", name, METHODS)
+    return METHODS[name]
+
+
+def list_methods() -> list[Method]:
+    return [METHODS[k] for k in sorted(METHODS)]
+
+
+def _check_keys(values: Mapping[str, Any]) -> None:
+    valid = SparseConfig.keys()
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown sparsifier option '{key}'{hint}")
+
+
+def resolve_config(method: str, **overrides: Any) -> SparseConfig:
+    """Method defaults, then the user's overrides, then the method's forced values."""
+    m = get_method(method)
+    _check_keys(overrides)
+    values = {**m.defaults, **overrides, **m.forced}
+    return SparseConfig(**values)
+
+
+def _as_steps(value: float, total_steps: int | None, what: str) -> int | None:
+    if value >= 1.0:
+        return None
+    if total_steps is None:
+        raise ConfigError(f"{what} < 1 is a fraction of training: pass total_steps=")
+    return int(value * total_steps)
+
+
+def from_config(
+    config: SparseConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    total_steps: int | None = None,
+) -> Sparsifier:
+    """Build a :class:`Sparsifier` from a :class:`SparseConfig`."""
+    if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
+        raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+    if not 0.0 < config.update_end <= 1.0:
+        raise ConfigError(f"update_end is a fraction of training in (0, 1], got {config.update_end}")
+    end = _as_steps(config.update_end, total_steps, "update_end")
+    update = UpdateSchedule(config.update_interval, config.update_start, end)
+    drop_end = end if end is not None else total_steps
+    drop = make_drop_schedule(
+        config.drop_schedule, config.drop_fraction, config.final_drop_fraction,
+        config.update_start, drop_end,
+    ) if config.update_interval is not None else 0.0
+    distribution = get_distribution(config.distribution)
+    if distribution is erdos_renyi_kernel and config.erk_power_scale != 1.0:
+        distribution = functools.partial(erdos_renyi_kernel, power_scale=config.erk_power_scale)
+    for pattern, s in config.layer_sparsity.items():
+        if not 0.0 <= float(s) < 1.0:
+            raise ConfigError(f"layer_sparsity['{pattern}'] must be in [0, 1), got {s}")
+    selector = TargetSelector(
+        exclude=tuple(config.exclude),
+        keep_first_dense=config.keep_first_dense,
+        keep_last_dense=config.keep_last_dense,
+        layer_density={p: 1.0 - float(s) for p, s in config.layer_sparsity.items()},
+    )
+    return Sparsifier(
+        model,
+        optimizer,
+        sparsity=config.sparsity,
+        distribution=distribution,
+        prune=config.prune,
+        grow=config.grow,
+        update=update,
+        drop=drop,
+        targets=selector,
+        grow_init=config.grow_init,
+        sparse_init=config.sparse_init,
+        reliable_steps=config.reliable_steps,
+        seed=config.seed,
+    )
+
+
+def build(
+    method: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    total_steps: int | None = None,
+    **overrides: Any,
+) -> Sparsifier:
+    """Build a sparsifier by method name.
+
+    Example::
+
+        sparsifier = itop.build("rigl", model, optimizer, sparsity=0.98,
+                                distribution="erk", update_interval=100, total_steps=T)
+
+    Args:
+        method: A registered method (``itop.list_methods()``).
+        model: The model to sparsify.
+        optimizer: Its optimizer (masks are applied after each of its steps).
+        total_steps: Training length in steps; needed by annealed drop fractions and by
+            ``update_end < 1``.
+        **overrides: Any :class:`SparseConfig` field.
+    """
+    return from_config(resolve_config(method, **overrides), model, optimizer, total_steps)
+
+
+_PAPER = dict(distribution="erk", prune="magnitude", grow_init="zero")
+
+register_method(
+    "dense", "Dense training (all weights active); the reference every method is compared to.",
+    forced=dict(sparsity=0.0, update_interval=None),
+)
+register_method(
+    "static", "Static sparse training: a random ERK mask fixed for the whole run.",
+    forced=dict(update_interval=None), **_PAPER,
+)
+register_method(
+    "set", "SET (Mocanu et al. 2018): magnitude prune, random growth; RigL-paper settings "
+    "(ΔT 100, drop 0.3 cosine, updates stop at 75%).",
+    grow="random", update_interval=100, drop_fraction=0.3, drop_schedule="cosine",
+    final_drop_fraction=0.0, update_end=0.75, **_PAPER,
+)
+register_method(
+    "rigl", "RigL (Evci et al. 2020): magnitude prune, dense-gradient growth; ΔT 100, "
+    "drop 0.3 cosine, updates stop at 75%.",
+    grow="gradient", update_interval=100, drop_fraction=0.3, drop_schedule="cosine",
+    final_drop_fraction=0.0, update_end=0.75, **_PAPER,
+)
+register_method(
+    "snfs", "SNFS (Dettmers & Zettlemoyer 2019): magnitude prune, momentum growth; ΔT 100, "
+    "drop 0.5 cosine.",
+    grow="momentum", update_interval=100, drop_fraction=0.5, drop_schedule="cosine",
+    final_drop_fraction=0.0, update_end=1.0, **_PAPER,
+)
+register_method(
+    "set-itop", "SET-ITOP (Liu et al. 2021): SET with ΔT 1500 and drop 0.5 -> 0.005 cosine "
+    "until the end, for reliable exploration (paper's CIFAR setting, batch 128).",
+    grow="random", update_interval=1500, drop_fraction=0.5, final_drop_fraction=0.005,
+    drop_schedule="cosine", update_end=1.0, **_PAPER,
+)
+register_method(
+    "rigl-itop", "RigL-ITOP (Liu et al. 2021): RigL with ΔT 4000 and drop 0.5 -> 0.005 cosine "
+    "until the end (paper's CIFAR setting, batch 128).",
+    grow="gradient", update_interval=4000, drop_fraction=0.5, final_drop_fraction=0.005,
+    drop_schedule="cosine", update_end=1.0, **_PAPER,
+)

@@ -1,0 +1,32 @@
+"""Model registry and the architectures used in dynamic-sparse-training experiments.
+
+Build a network by name; the dataset supplies the input shape and class count::
+
+    from itop.models import build_model, list_models
+    model = build_model("resnet-18", in_channels=3, num_classes=10, image_size=32)
+
+Registered names: ``lenet-300-100``, ``lenet-5-caffe``, ``mlp-cifar``, ``vgg-c``, ``vgg-d``,
+``wrn-<depth>-<width>`` (e.g. ``wrn-28-10``), ``resnet-18``, ``resnet-34``, ``resnet-50``.
+Every model maps ``(N, C, H, W)`` float images to ``(N, num_classes)`` logits, and all of its
+prunable layers are plain ``nn.Linear`` / ``nn.Conv2d`` modules, which is how the sparsity
+engine finds the weights to mask. New architectures are added with :func:`register_model`.
+"""
+
+from itop.models import lenet, mlp, resnet, vgg, wrn  # noqa: F401  (registers the models)
+from itop.models.registry import (
+    ModelSpec,
+    build_model,
+    get_model_spec,
+    list_models,
+    model_specs,
+    register_model,
+)
+
+__all__ = [
+    "ModelSpec",
+    "build_model",
+    "get_model_spec",
+    "list_models",
+    "model_specs",
+    "register_model",
+]

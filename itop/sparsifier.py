@@ -1,0 +1,513 @@
+"""The dynamic sparse training engine.
+
+:class:`Sparsifier` owns the masks of a model's sparsified weights and changes them during
+training: every ΔT steps it drops a fraction of each layer's active weights (prune criterion)
+and grows as many inactive ones (grow criterion), keeping every layer's count of active weights
+exact. It tracks exploration as the In-Time Over-Parameterization rate R_s (Liu et al.,
+"Do We Actually Need Dense Over-Parameterization? In-Time Over-Parameterization in Sparse
+Training", ICML 2021).
+
+Masking mechanism: masked weights are multiplied by their mask right after every optimizer
+step (a post-step hook on the optimizer, one fused ``_foreach_mul_`` for all layers). The
+forward and backward passes are the ordinary dense ones, so gradients are dense: RigL sees the
+dense gradient at update steps, SNFS's momentum accumulates at inactive positions, and no hook
+runs during backward. Inactive weights are exactly zero after every optimizer step, whatever the
+optimizer does (momentum, weight decay, Adam).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import distributed
+from ._backend import RandomState, flat_gather, flat_set_, sample_positions
+from .criteria import Criterion, LayerContext, get_grow, get_prune
+from .distributions import Distribution, allocate, get_distribution
+from .errors import CheckpointError, ConfigError, unknown_name
+from .initialization import rescale_to_sparse_fan_in
+from .optim_state import reset_state
+from .schedules import ConstantDrop, DropSchedule, UpdateSchedule
+from .targets import Target, TargetSelector
+from .tracker import ExplorationTracker
+
+__all__ = ["GROW_INITS", "LayerStats", "Sparsifier"]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Initial values of grown weights
+
+
+def _grow_zero(old: torch.Tensor, kept: torch.Tensor, rng: RandomState) -> torch.Tensor:
+    return torch.zeros_like(old)
+
+
+def _grow_keep(old: torch.Tensor, kept: torch.Tensor, rng: RandomState) -> torch.Tensor:
+    return old
+
+
+def _grow_normal(old: torch.Tensor, kept: torch.Tensor, rng: RandomState) -> torch.Tensor:
+    std = float(kept.float().std()) if kept.numel() > 1 else 0.0
+    std = 0.1 * std if std > 0 else 1e-3
+    if old.device.type == "cpu":
+        noise = torch.from_numpy(rng.numpy.standard_normal(old.numel(), dtype="float32"))
+    else:
+        noise = torch.randn(old.numel(), device=old.device, generator=rng.torch_generator(old.device))
+    return (noise * std).to(old.dtype)
+
+
+GROW_INITS: dict[str, Callable[[torch.Tensor, torch.Tensor, RandomState], torch.Tensor]] = {
+    "zero": _grow_zero,  # RigL, ITOP: grown weights start at zero
+    "keep": _grow_keep,  # a weight dropped and regrown in the same update keeps its value
+    "normal": _grow_normal,  # N(0, (0.1 * std of the layer's kept weights)^2)
+}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerStats:
+    """Per-layer statistics (see :meth:`Sparsifier.layer_stats`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    active: int
+    density: float
+    itop_rate: float
+    reliable_itop_rate: float
+
+
+class _Layer:
+    """Engine state for one sparsified weight."""
+
+    def __init__(self, target: Target, count: int) -> None:
+        self.target = target
+        self.name = target.name
+        self.param = target.param
+        self.numel = target.param.numel()
+        self.count = count
+        self.mask: torch.Tensor | None = None  # weight-dtype mask; None for a dense layer
+        self.active: torch.Tensor = torch.empty(0, dtype=torch.long)
+
+    @property
+    def dense(self) -> bool:
+        return self.count >= self.numel
+
+    def set_active(self, active: torch.Tensor) -> None:
+        p = self.param
+        self.active = active.to(device=p.device, dtype=torch.long)
+        if self.dense:
+            self.mask = None
+            return
+        mask = torch.zeros_like(p, dtype=p.dtype)
+        flat_set_(mask, self.active, 1.0)
+        self.mask = mask
+
+
+class Sparsifier:
+    """Dynamic sparse training of a model's weights, with ITOP exploration tracking.
+
+    Typical use (see :func:`itop.build` for construction by method name)::
+
+        sparsifier = itop.build("rigl-itop", model, optimizer, sparsity=0.98, total_steps=T)
+        for x, y in data:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+            sparsifier.step()
+        print(sparsifier.itop_rate())
+
+    Build the sparsifier after moving the model to its device (masks live beside the weights)
+    and before wrapping or compiling is fine either way.
+
+    Args:
+        model: The model; ``DistributedDataParallel``/compiled wrappers are unwrapped.
+        optimizer: Optimizer of the model. Masks are applied by a post-step hook on it and its
+            state is reset for pruned and grown weights. ``None``: :meth:`step` applies masks.
+        sparsity: Global fraction of zero weights over the sparsified layers, in [0, 1).
+        distribution: How density is split across layers: ``"uniform"``, ``"er"``, ``"erk"``,
+            or a function ``(shapes, density, fixed) -> {layer: density}``.
+        prune: Prune criterion: a name (``"magnitude"``, ``"signed-magnitude"``, ``"taylor"``,
+            ``"random"``), a :class:`~itop.criteria.Criterion` or a score function.
+        grow: Grow criterion: ``"random"`` (SET), ``"gradient"`` (RigL), ``"momentum"``
+            (SNFS), ``"unfired"``, a Criterion or a score function.
+        update: When topology updates happen; ``None`` for a static mask.
+        drop: Drop fraction per update: a float (constant) or a function of the step.
+        targets: Which weights are sparsified (default: all Linear and Conv weights).
+        grow_init: Initial value of grown weights: ``"zero"``, ``"keep"`` or ``"normal"``.
+        sparse_init: Rescale initial active weights to the sparse fan-in (Evci et al. 2022).
+        reliable_steps: Steps a weight must stay active to count in the reliable R_s
+            (default: the update interval).
+        seed: Seed of the engine's random streams (initial masks, random growth). ``None``
+            draws one from torch's global generator, so ``torch.manual_seed`` controls it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        sparsity: float,
+        distribution: str | Distribution = "erk",
+        prune: str | Criterion | Callable = "magnitude",
+        grow: str | Criterion | Callable = "random",
+        update: UpdateSchedule | None = None,
+        drop: float | DropSchedule = 0.3,
+        targets: TargetSelector | None = None,
+        grow_init: str = "zero",
+        sparse_init: bool = False,
+        reliable_steps: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+            raise ConfigError(
+                f"sparsity must be in [0, 1) (the fraction of weights set to zero), got {sparsity!r}; "
+                "e.g. sparsity=0.9 keeps 10% of the weights"
+            )
+        if grow_init not in GROW_INITS:
+            raise unknown_name("grow init", grow_init, GROW_INITS)
+        self.model = model
+        self.optimizer = optimizer
+        self.sparsity = float(sparsity)
+        self.distribution = get_distribution(distribution)
+        self.prune = get_prune(prune)
+        self.grow = get_grow(grow)
+        self.update_schedule = update if update is not None else UpdateSchedule(None)
+        self.drop_schedule: DropSchedule = ConstantDrop(drop) if isinstance(drop, (int, float)) else drop
+        self.selector = targets or TargetSelector()
+        self.grow_init = grow_init
+        self._grow_init = GROW_INITS[grow_init]
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.rng = RandomState(seed)
+        interval = self.update_schedule.interval
+        self.tracker = ExplorationTracker(reliable_steps or interval or 1)
+        self._step = 0
+        self.history: list[dict[str, Any]] = []
+        self._hook = None
+        self._closed = False
+
+        self._layers = self._build_layers()
+        for layer in self._layers:
+            self.tracker.register(layer.name, layer.active, layer.numel, 0)
+        self.apply_masks()
+        if sparse_init:
+            with torch.no_grad():
+                for layer in self._masked():
+                    rescale_to_sparse_fan_in(layer.param, layer.mask)
+        self._refresh_mask_lists()
+        if optimizer is not None:
+            self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
+        log.info(
+            "sparsifier: %d layers, sparsity %.4f, %d of %d weights active, R_s %.4f",
+            len(self._layers), self.actual_sparsity(), self.num_active(), self.num_weights(),
+            self.itop_rate(),
+        )
+
+    # -- construction --------------------------------------------------------------------------
+
+    def _build_layers(self) -> list[_Layer]:
+        targets = self.selector.select(self.model)
+        shapes = {t.name: t.shape for t in targets}
+        fixed = self.selector.fixed_densities(targets)
+        density = 1.0 - self.sparsity
+        total = sum(t.param.numel() for t in targets)
+        if self.sparsity == 0.0:
+            densities = {n: 1.0 for n in shapes}
+        else:
+            densities = self.distribution(shapes, density, fixed)
+        counts = allocate(shapes, densities, total=round(density * total), fixed=list(fixed))
+        layers = []
+        for t in targets:
+            layer = _Layer(t, counts[t.name])
+            if layer.dense:
+                active = torch.arange(layer.numel)
+            else:
+                active = sample_positions(layer.numel, layer.count, self.rng, t.param.device)
+                distributed.broadcast_(active)
+            layer.set_active(active)
+            layers.append(layer)
+        return layers
+
+    def _masked(self) -> list[_Layer]:
+        return [layer for layer in self._layers if layer.mask is not None]
+
+    def _refresh_mask_lists(self) -> None:
+        masked = self._masked()
+        self._mask_params = [layer.param for layer in masked]
+        self._mask_tensors = [layer.mask for layer in masked]
+
+    # -- per-step API --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero every inactive weight (called automatically after each optimizer step)."""
+        masked = self._masked()
+        if masked:
+            torch._foreach_mul_([layer.param for layer in masked], [layer.mask for layer in masked])
+
+    @torch.no_grad()
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if self._mask_params:
+            torch._foreach_mul_(self._mask_params, self._mask_tensors)
+
+    def step(self) -> dict[str, Any] | None:
+        """Advance one training step; call once after every ``optimizer.step()``.
+
+        Updates the topology when the schedule says so.
+
+        Returns:
+            The update record (see :attr:`history`) at update steps, else ``None``.
+        """
+        if self._closed:
+            raise RuntimeError("this sparsifier was finalized; build a new one to keep training")
+        self._step += 1
+        if self.optimizer is None:
+            self.apply_masks()
+        if self.update_schedule.is_update_step(self._step):
+            return self.update_topology()
+        return None
+
+    @property
+    def step_count(self) -> int:
+        """Number of :meth:`step` calls so far (the training step)."""
+        return self._step
+
+    # -- topology update -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_topology(self, drop_fraction: float | None = None) -> dict[str, Any]:
+        """Drop and regrow weights in every sparse layer now.
+
+        Each sparse layer drops ``floor(f * active)`` of its active weights by the prune
+        criterion, then grows as many by the grow criterion among all weights not kept (so a
+        weight dropped now may be regrown, as in RigL). Grown weights get their initial value
+        (zero by default); pruned and grown weights have their optimizer state zeroed.
+
+        Args:
+            drop_fraction: Override the scheduled fraction ``f``.
+
+        Returns:
+            The update record appended to :attr:`history`.
+        """
+        t0 = time.perf_counter()
+        step = self._step
+        f = float(self.drop_schedule(step) if drop_fraction is None else drop_fraction)
+        dropped_total = grown_total = explored = 0
+        for layer in self._masked():
+            n = int(f * layer.count)
+            if n <= 0:
+                continue
+            d, g, e = self._update_layer(layer, n, step)
+            dropped_total += d
+            grown_total += g
+            explored += e
+        self._refresh_mask_lists()
+        record = {
+            "step": step,
+            "drop_fraction": f,
+            "dropped": dropped_total,
+            "grown": grown_total,
+            "newly_explored": explored,
+            "itop_rate": self.itop_rate(),
+            "seconds": time.perf_counter() - t0,
+        }
+        self.history.append(record)
+        log.debug("topology update %s", record)
+        return record
+
+    def _context(self, layer: _Layer, step: int) -> LayerContext:
+        state = self.optimizer.state.get(layer.param, {}) if self.optimizer is not None else {}
+        return LayerContext(
+            name=layer.name,
+            weight=layer.param,
+            mask=layer.mask,
+            active=layer.active,
+            optimizer_state=state,
+            ever_active=self.tracker.layers[layer.name].ever,
+            step=step,
+            rng=self.rng,
+        )
+
+    def _update_layer(self, layer: _Layer, n: int, step: int) -> tuple[int, int, int]:
+        param, mask = layer.param, layer.mask
+        device = param.device
+        ctx = self._context(layer, step)
+        drop = self.prune.select_drop(ctx, n).to(device)
+        distributed.broadcast_(drop)
+        flat_set_(mask, drop, 0.0)
+        keep = layer.active[flat_gather(mask, layer.active) != 0]
+        grow = self.grow.select_grow(ctx, keep, n).to(device)
+        distributed.broadcast_(grow)
+        if grow.numel() != n or drop.numel() != n:
+            raise RuntimeError(
+                f"criterion returned {drop.numel()} drops / {grow.numel()} grows for '{layer.name}', "
+                f"expected {n} each"
+            )
+        old = flat_gather(param, grow).clone()
+        flat_set_(param, drop, 0.0)
+        flat_set_(param, grow, self._grow_init(old, flat_gather(param, keep), self.rng))
+        flat_set_(mask, grow, 1.0)
+        layer.active = torch.cat([keep, grow])
+        reset_state(self.optimizer, param, torch.cat([drop, grow]))
+        explored = self.tracker.record(layer.name, drop, grow, step)
+        return n, n, explored
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def num_weights(self) -> int:
+        """Number of sparsifiable weights (the denominator of sparsity and R_s)."""
+        return sum(layer.numel for layer in self._layers)
+
+    def num_active(self) -> int:
+        """Number of active weights now."""
+        return sum(layer.count for layer in self._layers)
+
+    def actual_sparsity(self) -> float:
+        """Fraction of sparsifiable weights that are inactive now."""
+        return 1.0 - self.num_active() / self.num_weights()
+
+    def itop_rate(self) -> float:
+        """The ITOP rate R_s: fraction of sparsifiable weights ever active so far."""
+        return self.tracker.itop_rate()
+
+    def reliable_itop_rate(self) -> float:
+        """R_s counting only weights that stayed active for ``reliable_steps`` at a time."""
+        return self.tracker.reliable_itop_rate(self._step)
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Bool mask per sparsified weight name (True = active)."""
+        out = {}
+        for layer in self._layers:
+            if layer.mask is None:
+                out[layer.name] = torch.ones_like(layer.param, dtype=torch.bool)
+            else:
+                out[layer.name] = layer.mask != 0
+        return out
+
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self._layers]
+
+    def layer_stats(self) -> list[LayerStats]:
+        """Shape, active count, density and R_s of every sparsified layer."""
+        out = []
+        for layer in self._layers:
+            out.append(
+                LayerStats(
+                    name=layer.name,
+                    shape=tuple(layer.param.shape),
+                    numel=layer.numel,
+                    active=layer.count,
+                    density=layer.count / layer.numel,
+                    itop_rate=self.tracker.itop_rate(layer.name),
+                    reliable_itop_rate=self.tracker.reliable_itop_rate(self._step, layer.name),
+                )
+            )
+        return out
+
+    def stats(self, per_layer: bool = True) -> dict[str, float]:
+        """Flat dict for logging: global sparsity and R_s, lifetimes, per-layer density and R_s."""
+        out: dict[str, float] = {
+            "step": self._step,
+            "sparsity": self.actual_sparsity(),
+            "itop_rate": self.itop_rate(),
+            "reliable_itop_rate": self.reliable_itop_rate(),
+            "updates": len(self.history),
+        }
+        for k, v in self.tracker.lifetime_stats().items():
+            out[f"lifetime/{k}"] = v
+        if per_layer:
+            for s in self.layer_stats():
+                out[f"layer/{s.name}/density"] = s.density
+                out[f"layer/{s.name}/itop_rate"] = s.itop_rate
+                out[f"layer/{s.name}/reliable_itop_rate"] = s.reliable_itop_rate
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: step, masks, tracker, random streams.
+
+        Contains only tensors, numbers, strings, lists and dicts, so it loads with
+        ``torch.load(..., weights_only=True)``. Model weights and optimizer state are saved
+        by their own ``state_dict``.
+        """
+        return {
+            "version": STATE_VERSION,
+            "step": self._step,
+            "sparsity": self.sparsity,
+            "layers": {
+                layer.name: {"shape": list(layer.param.shape), "active": layer.active.cpu().clone()}
+                for layer in self._layers
+            },
+            "tracker": self.tracker.state_dict(),
+            "rng": self.rng.state_dict(),
+            "history": [dict(r) for r in self.history],
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the model must have the same sparsified layers."""
+        try:
+            version = state["version"]
+            saved = state["layers"]
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"not a sparsifier state (missing {e}); pass sparsifier.state_dict() output") from None
+        if version != STATE_VERSION:
+            raise CheckpointError(f"sparsifier state version {version} is not supported (expected {STATE_VERSION})")
+        names = [layer.name for layer in self._layers]
+        if list(saved) != names:
+            raise CheckpointError(
+                f"sparsifier state has layers {list(saved)[:4]}... but this model has {names[:4]}...; "
+                "load it into the same model architecture"
+            )
+        for layer in self._layers:
+            s = saved[layer.name]
+            if list(s["shape"]) != list(layer.param.shape):
+                raise CheckpointError(
+                    f"layer '{layer.name}' has shape {list(layer.param.shape)} but the saved state "
+                    f"has {list(s['shape'])}; load it into the same model architecture"
+                )
+            layer.count = int(s["active"].numel())
+            layer.set_active(s["active"])
+        self._step = int(state["step"])
+        self.sparsity = float(state["sparsity"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.rng.load_state_dict(state["rng"])
+        self.history = [dict(r) for r in state["history"]]
+        self._refresh_mask_lists()
+        self.apply_masks()
+
+    # -- end -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def finalize(self) -> nn.Module:
+        """Stop sparse training: remove the optimizer hook and leave plain sparse weights.
+
+        Returns:
+            The model, whose inactive weights are exactly zero (no masks or hooks remain).
+        """
+        self.apply_masks()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._closed = True
+        return self.model
+
+    def __repr__(self) -> str:
+        return (
+            f"Sparsifier(sparsity={self.sparsity}, layers={len(self._layers)}, prune={self.prune!r}, "
+            f"grow={self.grow!r}, update={self.update_schedule}, step={self._step}, "
+            f"itop_rate={self.itop_rate():.4f})"
+        )

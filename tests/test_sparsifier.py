@@ -1,0 +1,335 @@
+import io
+
+import pytest
+import torch
+from helpers import batches, convnet, mlp, train_step
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import itop
+from itop.errors import CheckpointError
+
+
+def masks_of(sp):
+    return {k: v.clone() for k, v in sp.masks().items()}
+
+
+def params_by_name(model):
+    return dict(model.named_parameters())
+
+
+def check_invariants(sp, model, expected_counts):
+    params = params_by_name(model)
+    for name, mask in sp.masks().items():
+        assert int(mask.sum()) == expected_counts[name], name
+        assert bool((params[name][~mask] == 0).all()), f"inactive weight nonzero in {name}"
+
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(["set", "rigl", "snfs", "set-itop", "rigl-itop"]),
+    grow=st.sampled_from([None, "unfired"]),
+    sparsity=st.floats(0.5, 0.99),
+    interval=st.integers(1, 4),
+    opt=st.sampled_from(sorted(OPTIMIZERS)),
+    distribution=st.sampled_from(["uniform", "er", "erk"]),
+    seed=st.integers(0, 1000),
+)
+def test_invariants_hold_after_every_step(method, grow, sparsity, interval, opt, distribution, seed):
+    torch.manual_seed(seed)
+    model = mlp()
+    optimizer = OPTIMIZERS[opt](model.parameters())
+    extra = {"grow": grow} if grow else {}
+    sp = itop.build(method, model, optimizer, sparsity=sparsity, update_interval=interval,
+                    total_steps=24, distribution=distribution, seed=seed, **extra)
+    counts = {s.name: s.active for s in sp.layer_stats()}
+    union = {k: v.clone() for k, v in sp.masks().items()}
+    total = sum(m.numel() for m in union.values())
+    assert sp.itop_rate() == pytest.approx(sum(int(m.sum()) for m in union.values()) / total)
+    last_rate = sp.itop_rate()
+    params = params_by_name(model)
+    for x, y in batches(24, seed=seed):
+        before = masks_of(sp)
+        record = train_step(model, optimizer, sp, x, y)
+        check_invariants(sp, model, counts)
+        after = sp.masks()
+        if record is not None:
+            for name, m in after.items():
+                grown = m & ~before[name]
+                # Grown weights and their optimizer state start at zero.
+                assert bool((params[name][grown] == 0).all())
+                for v in optimizer.state[params[name]].values():
+                    if torch.is_tensor(v) and v.shape == m.shape:
+                        assert bool((v[grown] == 0).all())
+        for name, m in after.items():
+            union[name] |= m
+        rate = sp.itop_rate()
+        assert rate == pytest.approx(sum(int(m.sum()) for m in union.values()) / total)
+        assert rate >= last_rate
+        last_rate = rate
+
+
+def test_rigl_grows_exactly_the_top_abs_grad_inactive():
+    torch.manual_seed(3)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = itop.build("rigl", model, opt, sparsity=0.9, update_interval=1000, total_steps=10**4, seed=1)
+    x, y = batches(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    params = params_by_name(model)
+    before = masks_of(sp)
+    weights = {k: params[k].detach().clone() for k in before}
+    grads = {k: params[k].grad.clone() for k in before}
+    record = sp.update_topology(drop_fraction=0.3)
+    after = sp.masks()
+    for name, m0 in before.items():
+        n = int(0.3 * int(m0.sum()))
+        w, g = weights[name].reshape(-1), grads[name].reshape(-1).abs()
+        active = m0.reshape(-1).nonzero().squeeze(1)
+        dropped = active[w[active].abs().argsort()[:n]]
+        keep = m0.reshape(-1).clone()
+        keep[dropped] = False
+        score = g.clone()
+        score[keep] = -1.0
+        expected_grow = set(score.argsort(descending=True)[:n].tolist())
+        new = after[name].reshape(-1)
+        assert set(new.nonzero().squeeze(1).tolist()) == set(keep.nonzero().squeeze(1).tolist()) | expected_grow
+    assert record["dropped"] == record["grown"] > 0
+
+
+def test_set_and_rigl_differ_only_by_grow_criterion():
+    a = itop.resolve_config("set")
+    b = itop.resolve_config("rigl")
+    diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
+    assert diff == {"grow"}
+
+
+def _run(model, opt, sp, data):
+    for x, y in data:
+        train_step(model, opt, sp, x, y)
+
+
+@pytest.mark.parametrize("method", ["set", "rigl", "snfs"])
+def test_state_dict_resume_is_bit_identical(method):
+    data = batches(20)
+
+    def make():
+        torch.manual_seed(7)
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        sp = itop.build(method, model, opt, sparsity=0.9, update_interval=3, total_steps=20, seed=11)
+        return model, opt, sp
+
+    model_a, opt_a, sp_a = make()
+    _run(model_a, opt_a, sp_a, data)
+
+    model_b, opt_b, sp_b = make()
+    _run(model_b, opt_b, sp_b, data[:10])
+    buf = io.BytesIO()
+    torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict(), "sp": sp_b.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    torch.manual_seed(999)  # a different global RNG state must not matter
+    model_c = mlp()
+    opt_c = torch.optim.SGD(model_c.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sp_c = itop.build(method, model_c, opt_c, sparsity=0.9, update_interval=3, total_steps=20, seed=5)
+    model_c.load_state_dict(ckpt["model"])
+    opt_c.load_state_dict(ckpt["opt"])
+    sp_c.load_state_dict(ckpt["sp"])
+    _run(model_c, opt_c, sp_c, data[10:])
+
+    for (n, p), q in zip(model_a.named_parameters(), model_c.parameters(), strict=True):
+        assert torch.equal(p, q), n
+    for k, m in sp_a.masks().items():
+        assert torch.equal(m, sp_c.masks()[k])
+    assert sp_a.itop_rate() == sp_c.itop_rate()
+    assert sp_a.stats() == sp_c.stats()
+    def timeless(history):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+    assert len(sp_a.history) == {"snfs": 6}.get(method, 4)  # set/rigl stop at 75% of 20 steps
+    assert timeless(sp_a.history) == timeless(sp_c.history)
+
+
+def test_load_state_dict_rejects_other_models():
+    sp = itop.build("static", mlp(), None, sparsity=0.9, seed=0)
+    other = itop.build("static", mlp(hidden=(32,)), None, sparsity=0.9, seed=0)
+    with pytest.raises(CheckpointError, match="same model"):
+        other.load_state_dict(sp.state_dict())
+    with pytest.raises(CheckpointError, match="not a sparsifier state"):
+        sp.load_state_dict({"weights": 1})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sparsity": 1.0}, "sparsity must be in"),
+        ({"sparsity": -0.1}, "sparsity must be in"),
+        ({"sparsity": 0.9, "update_interval": 0}, "positive integer"),
+        ({"sparsity": 0.9, "update_interval": -3}, "positive integer"),
+        ({"sparsity": 0.9, "distribution": "erkk"}, "did you mean"),
+        ({"sparsity": 0.99, "keep_first_dense": True}, "cannot be reached"),
+        ({"sparsity": 0.9, "sparsty": 0.8}, "did you mean 'sparsity'"),
+        ({"sparsity": 0.9, "grow_init": "ones"}, "unknown grow init"),
+        ({"sparsity": 0.9, "layer_sparsity": {"nothing.*": 0.5}}, "match no sparsified layer"),
+        ({"sparsity": 0.9, "layer_sparsity": {"1.weight": 1.0}}, r"\[0, 1\)"),
+    ],
+)
+def test_bad_input_is_a_value_error_naming_the_fix(kwargs, match):
+    model = mlp()
+    with pytest.raises(ValueError, match=match):
+        itop.build("rigl", model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=100, **kwargs)
+
+
+def test_unknown_method_and_nothing_to_sparsify():
+    with pytest.raises(ValueError, match="did you mean 'rigl'"):
+        itop.build("rigll", mlp(), None, sparsity=0.9)
+    with pytest.raises(ValueError, match="no weights to sparsify"):
+        itop.build("static", nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), None, sparsity=0.9)
+    with pytest.raises(ValueError, match="total_steps"):
+        itop.build("rigl", mlp(), None, sparsity=0.9)  # cosine drop and 75% stop need the length
+
+
+def test_dense_and_static_methods():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = itop.build("dense", model, opt, sparsity=0.9)
+    assert sp.actual_sparsity() == 0.0 and sp.itop_rate() == 1.0
+    _run(model, opt, sp, batches(3))
+    assert all((p != 0).all() for n, p in model.named_parameters() if n.endswith("weight"))
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = itop.build("static", model, opt, sparsity=0.95, seed=0)
+    m0 = masks_of(sp)
+    _run(model, opt, sp, batches(10))
+    assert all(torch.equal(m0[k], v) for k, v in sp.masks().items())
+    assert sp.itop_rate() == pytest.approx(0.05, abs=1e-3)
+    assert sp.history == []
+
+
+def test_layer_overrides_and_dense_layers():
+    model = mlp()
+    sp = itop.build("static", model, None, sparsity=0.6, keep_last_dense=True,
+                    layer_sparsity={"1.weight": 0.5}, seed=0)
+    stats = {s.name: s for s in sp.layer_stats()}
+    assert stats["5.weight"].density == 1.0
+    assert stats["1.weight"].density == pytest.approx(0.5, abs=1 / 6144)
+    assert sp.num_active() == round(0.4 * sp.num_weights())
+    assert "5.weight" in sp.masks() and bool(sp.masks()["5.weight"].all())
+
+
+def test_exclude_filter():
+    model = mlp()
+    sp = itop.build("static", model, None, sparsity=0.8, exclude=["5.*"], seed=0)
+    assert sp.layer_names() == ["1.weight", "3.weight"]
+
+
+def test_no_optimizer_mode_masks_in_step():
+    model = mlp()
+    sp = itop.build("static", model, None, sparsity=0.9, seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    sp.step()
+    check_invariants(sp, model, {s.name: s.active for s in sp.layer_stats()})
+
+
+def test_finalize_removes_hook_and_leaves_sparse_weights():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = itop.build("set", model, opt, sparsity=0.9, update_interval=2, total_steps=10, seed=0)
+    _run(model, opt, sp, batches(4))
+    masks = masks_of(sp)
+    out = sp.finalize()
+    assert out is model
+    params = params_by_name(model)
+    for k, m in masks.items():
+        assert bool((params[k][~m] == 0).all())
+    # No hook any more: another optimizer step moves the inactive weights.
+    _run(model, opt, None, batches(1))
+    assert any(bool((params[k][~m] != 0).any()) for k, m in masks.items())
+    with pytest.raises(RuntimeError, match="finalized"):
+        sp.step()
+
+
+def test_sparse_init_rescales_to_sparse_fan_in():
+    torch.manual_seed(0)
+    dense = mlp(d_in=512, hidden=(256,))
+    ref = {k: v.clone() for k, v in dense.state_dict().items()}
+    model = mlp(d_in=512, hidden=(256,))
+    model.load_state_dict(ref)
+    sp = itop.build("static", model, None, sparsity=0.9, distribution="uniform", sparse_init=True, seed=0)
+    w, m = model[1].weight.detach(), sp.masks()["1.weight"]
+    fan = m.sum(1, keepdim=True).float()
+    expected = ref["1.weight"] * m * (512 / fan).sqrt()
+    assert torch.allclose(w, expected)
+    # Output variance is preserved roughly: compare to dense.
+    x = torch.randn(2048, 512)
+    ratio = (x @ w.T).std() / (x @ ref["1.weight"].T).std()
+    assert 0.8 < ratio < 1.25
+
+
+def test_bf16_weights():
+    model = mlp().to(torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = itop.build("rigl", model, opt, sparsity=0.9, update_interval=2, total_steps=10, seed=0)
+    counts = {s.name: s.active for s in sp.layer_stats()}
+    for x, y in batches(6):
+        train_step(model, opt, sp, x.to(torch.bfloat16), y)
+        check_invariants(sp, model, counts)
+    assert len(sp.history) >= 2
+
+
+def test_channels_last_conv():
+    model = convnet().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = itop.build("rigl", model, opt, sparsity=0.8, update_interval=2, total_steps=10, seed=0)
+    counts = {s.name: s.active for s in sp.layer_stats()}
+    for x, y in batches(6, shape=(3, 8, 8)):
+        train_step(model, opt, sp, x.to(memory_format=torch.channels_last), y)
+        check_invariants(sp, model, counts)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_unwraps_ddp_style_wrappers_for_names():
+    class Wrapper(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+    inner = mlp()
+    sp = itop.build("static", Wrapper(inner), None, sparsity=0.9, seed=0)
+    assert sp.layer_names() == ["1.weight", "3.weight", "5.weight"]
+
+
+def test_stats_and_repr():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = itop.build("rigl-itop", model, opt, sparsity=0.9, update_interval=2, total_steps=10, seed=0)
+    _run(model, opt, sp, batches(5))
+    s = sp.stats()
+    assert s["step"] == 5 and s["updates"] == 2
+    assert s["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert 0.1 < s["reliable_itop_rate"] <= s["itop_rate"] <= 1.0
+    assert {"layer/1.weight/density", "layer/1.weight/itop_rate", "lifetime/mean"} <= set(s)
+    assert "Sparsifier(" in repr(sp)
+
+
+def test_step_returns_update_records():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = itop.build("set", model, opt, sparsity=0.9, update_interval=3, update_end=1.0,
+                    drop_schedule="constant", drop_fraction=0.2, seed=0)
+    records = [train_step(model, opt, sp, x, y) for x, y in batches(7)]
+    assert [r is not None for r in records] == [False, False, True, False, False, True, False]
+    assert records[2]["drop_fraction"] == 0.2
+    assert records[2]["dropped"] == sum(int(0.2 * s.active) for s in sp.layer_stats())
