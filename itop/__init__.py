@@ -11,7 +11,7 @@ Three lines add dynamic sparse training to a PyTorch loop::
     sparsifier.itop_rate()
 """
 
-from . import criteria, distributed, distributions, schedules
+from . import criteria, distributed, distributions, flops, schedules
 from .criteria import Criterion, LayerContext, ScoreCriterion
 from .errors import (
     CheckpointError,
@@ -65,6 +65,7 @@ __all__ = [
     "criteria",
     "distributed",
     "distributions",
+    "flops",
     "from_config",
     "get_method",
     "list_methods",

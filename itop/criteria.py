@@ -82,9 +82,17 @@ class LayerContext:
 
 
 class Criterion:
-    """Base class. Subclasses implement :meth:`scores`; ``select_*`` may be overridden."""
+    """Base class. Subclasses implement :meth:`scores`; ``select_*`` may be overridden.
+
+    Attributes:
+        name: Short name used in logs and configs.
+        dense_gradient: When the criterion needs the dense weight gradient, for FLOP
+            accounting: ``"never"``, ``"update"`` (at topology updates, RigL) or ``"always"``
+            (every step, e.g. SNFS's momentum of inactive weights).
+    """
 
     name = "criterion"
+    dense_gradient = "never"
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         raise NotImplementedError
@@ -254,6 +262,7 @@ class GradientGrowth(Criterion):
     """
 
     name = "gradient"
+    dense_gradient = "update"
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         return ctx.require_grad(self.name).abs()
@@ -270,6 +279,7 @@ class MomentumGrowth(Criterion):
     """
 
     name = "momentum"
+    dense_gradient = "always"
 
     def __init__(self, eps: float = 1e-8):
         self.eps = eps

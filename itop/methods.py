@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .criteria import get_grow, get_prune
 from .distributions import erdos_renyi_kernel, get_distribution
 from .errors import ConfigError, unknown_name
 from .schedules import UpdateSchedule, make_drop_schedule
-from .sparsifier import Sparsifier
+from .sparsifier import GROW_INITS, Sparsifier
 from .targets import TargetSelector
 
 __all__ = ["METHODS", "Method", "SparseConfig", "build", "get_method", "list_methods", "register_method"]
@@ -86,6 +87,31 @@ class SparseConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self) -> SparseConfig:
+        """Check every value without needing a model; raise :class:`ConfigError` naming the fix."""
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not (
+            0.0 <= self.sparsity < 1.0
+        ):
+            raise ConfigError(
+                f"sparsity must be in [0, 1) (the fraction of weights set to zero), got "
+                f"{self.sparsity!r}; e.g. sparsity=0.9 keeps 10% of the weights"
+            )
+        UpdateSchedule(self.update_interval, self.update_start)
+        if not 0.0 < self.update_end <= 1.0:
+            raise ConfigError(f"update_end is a fraction of training in (0, 1], got {self.update_end}")
+        make_drop_schedule(self.drop_schedule, self.drop_fraction, self.final_drop_fraction, 0, 1)
+        get_distribution(self.distribution)
+        get_prune(self.prune)
+        get_grow(self.grow)
+        if self.grow_init not in GROW_INITS:
+            raise unknown_name("grow init", self.grow_init, GROW_INITS)
+        for pattern, s in self.layer_sparsity.items():
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
+                raise ConfigError(f"layer_sparsity['{pattern}'] must be in [0, 1), got {s!r}")
+        if self.reliable_steps is not None and self.reliable_steps <= 0:
+            raise ConfigError(f"reliable_steps must be a positive number of steps, got {self.reliable_steps}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -162,8 +188,7 @@ def from_config(
     """Build a :class:`Sparsifier` from a :class:`SparseConfig`."""
     if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
         raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
-    if not 0.0 < config.update_end <= 1.0:
-        raise ConfigError(f"update_end is a fraction of training in (0, 1], got {config.update_end}")
+    config.validate()
     end = _as_steps(config.update_end, total_steps, "update_end")
     update = UpdateSchedule(config.update_interval, config.update_start, end)
     drop_end = end if end is not None else total_steps
@@ -174,9 +199,6 @@ def from_config(
     distribution = get_distribution(config.distribution)
     if distribution is erdos_renyi_kernel and config.erk_power_scale != 1.0:
         distribution = functools.partial(erdos_renyi_kernel, power_scale=config.erk_power_scale)
-    for pattern, s in config.layer_sparsity.items():
-        if not 0.0 <= float(s) < 1.0:
-            raise ConfigError(f"layer_sparsity['{pattern}'] must be in [0, 1), got {s}")
     selector = TargetSelector(
         exclude=tuple(config.exclude),
         keep_first_dense=config.keep_first_dense,

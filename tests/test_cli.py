@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from itop.cli import main
+
+SMOKE = ["--epochs", "1", "--batch-size", "64", "--update-interval", "5", "--tensorboard", "false",
+         "--progress", "none"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "itop", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_smoke_prints_results_and_writes_outputs(tmp_path, capsys):
+    assert main(["train", *SMOKE, "--out-dir", str(tmp_path), "--name", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy:" in out and "ITOP rate R_s:" in out and str(tmp_path / "smoke") in out
+    assert "method: rigl-itop" in out  # the resolved config is printed
+    summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
+    assert summary["method"] == "rigl-itop" and summary["completed"]
+
+    assert main(["eval", str(tmp_path / "smoke" / "best.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["test_acc"] == pytest.approx(summary["test_acc_selected"])
+    assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert result["zero_weights_fraction"] >= result["sparsity"]
+    assert result["itop_rate"] == pytest.approx(summary["itop_rate"])
+
+
+def test_list_shows_everything(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("rigl-itop", "set-itop", "snfs", "lenet-5-caffe", "resnet-50", "wrn-", "digits",
+                 "fashion-mnist", "cifar100", "imagenet"):
+        assert name in out, name
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "lenet-301"], "did you mean"),
+        (["--dataset", "cifar11"], "did you mean 'cifar10'"),
+        (["--method", "rigll"], "did you mean 'rigl'"),
+        (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
+        (["--sparsty", "0.9"], "did you mean 'sparsity'"),
+        (["--dataset", "fashion-mnist", "--data-dir", "EMPTY", "--download", "false"],
+         "train-images-idx3-ubyte.gz"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, message, tmp_path, capsys):
+    args = [str(tmp_path) if a == "EMPTY" else a for a in args]
+    assert main(["train", *SMOKE, "--out-dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("itop: error:") and message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_through_the_real_entry_point(tmp_path):
+    bad = tmp_path / "ckpt-step000000001.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = run_cli("eval", str(bad))
+    assert r.returncode == 2 and "truncated or corrupt" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("train", *SMOKE, "--out-dir", str(tmp_path), "--resume", str(bad))
+    assert r.returncode == 2 and "truncated or corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nan_loss_is_one_line(tmp_path, capsys):
+    assert main(["train", *SMOKE, "--out-dir", str(tmp_path), "--lr", "1e30", "--method", "static"]) == 2
+    err = capsys.readouterr().err
+    assert "lower --lr" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_default_demo_run(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "itop", "train", "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert summary["test_acc_selected"] > 0.9 and summary["itop_rate"] > 0.2

@@ -1,0 +1,69 @@
+import pytest
+
+from itop.config import RunConfig, load_config, parse_overrides
+from itop.errors import ConfigError
+
+
+def test_overrides_parse_yaml_scalars_and_dashes():
+    o = parse_overrides(["--sparsity", "0.98", "--update-interval=100", "--sparse-init",
+                         "--layer-sparsity", "{fc1: 0.5}", "--name", "x"])
+    assert o == {"sparsity": 0.98, "update_interval": 100, "sparse_init": True,
+                 "layer_sparsity": {"fc1": 0.5}, "name": "x"}
+
+
+def test_unknown_key_names_the_nearest():
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        parse_overrides(["--batchsize", "3"])
+    with pytest.raises(ConfigError, match="expected --key value"):
+        parse_overrides(["sparsity", "0.9"])
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("dataset: digits\nsparsity: 0.8\nepochs: 3\n")
+    c = load_config(f, {"epochs": 5})
+    assert (c.sparsity, c.epochs) == (0.8, 5)
+    assert c.update_interval is None  # from the method preset
+    assert c.resolved()["update_interval"] == 4000  # rigl-itop's preset
+
+
+def test_demo_is_the_default_base():
+    c = load_config(None)
+    assert (c.dataset, c.method, c.sparsity, c.update_interval) == ("digits", "rigl-itop", 0.9, 40)
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"sparsity": 1.5}, "sparsity must be in"),
+        ({"method": "rigll"}, "did you mean 'rigl'"),
+        ({"model": "resnet18"}, "did you mean"),
+        ({"dataset": "cifar"}, "dataset"),
+        ({"epochs": 0}, "epochs must be a positive"),
+        ({"optimizer": "sgdd"}, "did you mean 'sgd'"),
+        ({"batch_size": "big"}, "expects int"),
+        ({"update_interval": 0}, "positive integer"),
+        ({"lr_milestones": [0.5, 2]}, "fractions"),
+    ],
+)
+def test_bad_values(over, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, over)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("sparsty: 0.9\n")
+    with pytest.raises(ConfigError, match="did you mean 'sparsity'"):
+        load_config(bad)
+
+
+def test_run_name_and_keys():
+    c = RunConfig(method="set", model="m", dataset="d", sparsity=0.95, seed=3)
+    assert c.run_name() == "set-m-d-s0.95-seed3"
+    assert "update_interval" in RunConfig.keys()

@@ -1,0 +1,123 @@
+import json
+
+import pytest
+import torch
+
+from itop.config import load_config
+from itop.errors import CheckpointError, ConfigError, DivergenceError
+from itop.runner import Trainer, lr_lambda
+
+FAST = {"epochs": 2, "batch_size": 64, "method": "rigl", "update_interval": 5, "tensorboard": False,
+        "model": "lenet-300-100", "progress": "none"}
+
+
+def cfg(tmp_path, **kw):
+    return load_config(None, {**FAST, "out_dir": str(tmp_path), "name": "run", **kw})
+
+
+def metrics(run_dir):
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        rec.pop("seconds", None)
+        out.append(rec)
+    return out
+
+
+def _same_run(a: Trainer, b: Trainer):
+    for (n, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(p, q), n
+    for k, m in a.sparsifier.masks().items():
+        assert torch.equal(m, b.sparsifier.masks()[k])
+    assert a.sparsifier.itop_rate() == b.sparsifier.itop_rate()
+
+
+@pytest.mark.parametrize("checkpoint_every", [0, 7])
+def test_resume_after_kill_is_identical(tmp_path, checkpoint_every):
+    straight = Trainer(cfg(tmp_path / "a", checkpoint_every_steps=checkpoint_every))
+    summary_a = straight.fit()
+    spe = straight.steps_per_epoch
+
+    # "Kill" during epoch 2: stop without a final checkpoint, then resume from the last one.
+    killed = Trainer(cfg(tmp_path / "b", checkpoint_every_steps=checkpoint_every, max_steps=spe + 10))
+    killed.fit()
+    assert killed.progress.step == spe + 10
+    resumed = Trainer(cfg(tmp_path / "b", checkpoint_every_steps=checkpoint_every, resume="auto"))
+    assert resumed.progress.step == 0  # the checkpoint is restored inside fit()
+    summary_b = resumed.fit()
+
+    _same_run(straight, resumed)
+    assert metrics(tmp_path / "a" / "run") == metrics(tmp_path / "b" / "run")
+    for key in ("test_acc_selected", "final_test_acc", "itop_rate", "sparsity", "training_flops",
+                "selected_epoch", "steps"):
+        assert summary_a[key] == summary_b[key], key
+    assert summary_b["completed"] and resumed.sparsifier.step_count == 2 * spe
+
+
+def test_outputs_and_summary(tmp_path):
+    t = Trainer(cfg(tmp_path, keep_checkpoints=1))
+    s = t.fit()
+    run = tmp_path / "run"
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "best.pt"):
+        assert (run / f).is_file(), f
+    assert len(list((run / "checkpoints").glob("ckpt-*.pt"))) == 1
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in recs if r["type"] == "epoch"]
+    updates = [r for r in recs if r["type"] == "update"]
+    assert len(epochs) == 2 and len(updates) == s["updates"] > 0
+    assert {"train_loss", "val_acc", "test_acc", "lr", "itop_rate", "reliable_itop_rate",
+            "layers", "seconds"} <= set(epochs[0])
+    assert {"dropped", "grown", "itop_rate"} <= set(updates[0])
+    assert 0.0 < s["training_flops_relative"] < 1.0 and 0.0 < s["inference_flops_relative"] < 1.0
+    assert s["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert s["test_acc_selected"] > 0.25  # chance is 0.1; two short epochs at 90% sparsity
+    resolved = (run / "config.yaml").read_text()
+    assert "update_interval: 5" in resolved and "drop_schedule: cosine" in resolved
+
+
+def test_existing_results_are_not_overwritten(tmp_path):
+    Trainer(cfg(tmp_path, epochs=1)).fit()
+    with pytest.raises(ConfigError, match="already has results"):
+        Trainer(cfg(tmp_path, epochs=1)).fit()
+
+
+def test_checkpoint_of_another_run_is_rejected(tmp_path):
+    Trainer(cfg(tmp_path, epochs=1)).fit()
+    ckpt = next((tmp_path / "run" / "checkpoints").glob("*.pt"))
+    with pytest.raises(CheckpointError, match="another run"):
+        Trainer(cfg(tmp_path, epochs=1, name="other", model="mlp-cifar", resume=str(ckpt))).fit()
+
+
+def test_auto_resume_falls_back_from_a_corrupt_checkpoint(tmp_path):
+    Trainer(cfg(tmp_path, epochs=2, keep_checkpoints=3)).fit()
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))
+    assert len(ckpts) == 2
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:1000])  # truncated
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        Trainer(cfg(tmp_path, epochs=2, resume=str(ckpts[-1]))).fit()
+    t = Trainer(cfg(tmp_path, epochs=2, keep_checkpoints=3, resume="auto"))
+    t.fit()  # resumes from the epoch-1 checkpoint and redoes epoch 2
+    assert t.progress.epoch == 2 and t.progress.step == 2 * t.steps_per_epoch
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    t = Trainer(cfg(tmp_path, epochs=2, lr=1e30, method="static"))
+    with pytest.raises(DivergenceError, match="lower --lr"):
+        t.fit()
+
+
+def test_lr_schedule_steps_at_half_and_three_quarters():
+    c = load_config(None, {"lr_schedule": "step", "warmup_epochs": 1})
+    f = lr_lambda(c, total_steps=100, steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(49) == 1.0 and f(50) == pytest.approx(0.1) and f(75) == pytest.approx(0.01)
+    c = load_config(None, {"lr_schedule": "cosine"})
+    g = lr_lambda(c, total_steps=100, steps_per_epoch=10)
+    assert g(0) == 1.0 and g(50) == pytest.approx(0.5) and g(100) == pytest.approx(0.0)
+
+
+def test_multiplier_scales_epochs_and_schedules(tmp_path):
+    t = Trainer(cfg(tmp_path, epochs=2, multiplier=2))
+    assert t.epochs == 4 and t.total_steps == 4 * t.steps_per_epoch
+    assert t.sparsifier.update_schedule.interval == 5  # ΔT is not scaled
+    assert t.sparsifier.update_schedule.end == int(0.75 * t.total_steps)
