@@ -51,20 +51,19 @@ def _use_bar(mode: str) -> bool:
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from .config import load_config, parse_overrides
-    from .runner import Trainer
+    from .runner import run_training
 
     overrides = parse_overrides(extra)
     cfg = load_config(args.config, overrides)
-    trainer = Trainer(cfg, on_step=_progress_bar(sys.stderr) if _use_bar(cfg.progress) else None)
-    print(f"# itop train: {cfg.run_name()}  ({'built-in demo config' if args.config is None else args.config})")
-    print(yaml.safe_dump(trainer.resolved_config(), sort_keys=False).rstrip())
-    print(f"# {trainer.total_steps} steps ({trainer.epochs} epochs x {trainer.steps_per_epoch}) on {trainer.device}")
+    source = "built-in demo config" if args.config is None else args.config
+    print(f"# itop train: {cfg.run_name()}  ({source}); resolved config:")
+    print(yaml.safe_dump(cfg.resolved(), sort_keys=False).rstrip())
     sys.stdout.flush()
     try:
-        summary = trainer.fit()
+        summary = run_training(cfg, on_step=_progress_bar(sys.stderr) if _use_bar(cfg.progress) else None)
     except KeyboardInterrupt:
-        print(f"itop: interrupted; checkpoints are kept in {trainer.ckpt_dir}: continue with "
-              "the same command plus --resume auto", file=sys.stderr)
+        print(f"itop: interrupted; checkpoints are kept under {cfg.out_dir}/{cfg.run_name()}: continue "
+              "with the same command plus --resume auto", file=sys.stderr)
         return 130
     print()
     sel, fin = summary["test_acc_selected"], summary["final_test_acc"]
@@ -75,7 +74,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     tf, inf = summary.get("training_flops_relative"), summary.get("inference_flops_relative")
     if tf is not None:
         print(f"FLOPs (x dense): training {tf:.3f}, inference {inf:.3f}")
-    print(f"wall time: {summary['wall_time_s']:.1f}s   outputs: {trainer.run_dir}/ "
+    if "round_summaries" in summary:
+        for r in summary["round_summaries"]:
+            print(f"  round {r['round']}: sparsity {r['sparsity']:.4f}  test {r['test_acc_selected']:.4f}")
+    print(f"wall time: {summary['wall_time_s']:.1f}s   outputs: {summary['run_dir']}/ "
           "(config.yaml, metrics.jsonl, summary.json, best.pt, checkpoints/)")
     return 0
 

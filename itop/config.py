@@ -90,6 +90,15 @@ class RunConfig:
     layer_sparsity: dict[str, float] | None = None
     exclude: list[str] | None = None
     reliable_steps: int | None = None
+    initial_sparsity: float | None = None
+    prune_start: float | None = None
+    prune_end: float | None = None
+    global_pruning: bool | None = None
+    init_pruning: str | None = None
+    init_batches: int | None = None
+    synflow_rounds: int | None = None
+    rounds: int | None = None
+    rewind_step: int | None = None
     # run control
     seed: int = 0
     device: str = "auto"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from torch import nn
 from .criteria import get_grow, get_prune
 from .distributions import erdos_renyi_kernel, get_distribution
 from .errors import ConfigError, unknown_name
-from .schedules import UpdateSchedule, make_drop_schedule
+from .schedules import CubicSparsity, UpdateSchedule, make_drop_schedule
 from .sparsifier import GROW_INITS, Sparsifier
 from .targets import TargetSelector
 
@@ -59,6 +59,18 @@ class SparseConfig:
         exclude: Name patterns of weights not sparsified at all.
         reliable_steps: Threshold of the reliable R_s (default: ``update_interval``).
         seed: Seed of the engine's random streams (``None``: from torch's global RNG).
+        initial_sparsity: Gradual magnitude pruning (GMP): start at this sparsity and prune
+            to ``sparsity`` along the cubic schedule of Zhu & Gupta (2017).
+        prune_start: GMP: fraction of training where pruning starts.
+        prune_end: GMP: fraction of training where the target sparsity is reached.
+        global_pruning: GMP: per-layer counts by global magnitude instead of the distribution.
+        init_pruning: Prune at initialisation with ``snip``, ``grasp`` or ``synflow``
+            (:mod:`itop.pruning`), then train the mask statically.
+        init_batches: Batches of training data scored by SNIP/GraSP.
+        synflow_rounds: SynFlow's pruning rounds.
+        rounds: Iterative magnitude pruning (lottery tickets): number of train-prune-rewind
+            rounds; each prunes the same fraction of the remaining weights.
+        rewind_step: IMP: the training step whose weights survivors are rewound to.
     """
 
     sparsity: float = 0.9
@@ -80,6 +92,15 @@ class SparseConfig:
     exclude: list[str] = field(default_factory=list)
     reliable_steps: int | None = None
     seed: int | None = None
+    initial_sparsity: float | None = None
+    prune_start: float = 0.1
+    prune_end: float = 0.75
+    global_pruning: bool = False
+    init_pruning: str | None = None
+    init_batches: int = 1
+    synflow_rounds: int = 100
+    rounds: int = 1
+    rewind_step: int = 0
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -111,6 +132,27 @@ class SparseConfig:
                 raise ConfigError(f"layer_sparsity['{pattern}'] must be in [0, 1), got {s!r}")
         if self.reliable_steps is not None and self.reliable_steps <= 0:
             raise ConfigError(f"reliable_steps must be a positive number of steps, got {self.reliable_steps}")
+        if self.initial_sparsity is not None:
+            if not 0.0 <= self.initial_sparsity <= self.sparsity:
+                raise ConfigError(
+                    f"initial_sparsity must be in [0, sparsity={self.sparsity}], got {self.initial_sparsity}"
+                )
+            if not 0.0 <= self.prune_start < self.prune_end <= 1.0:
+                raise ConfigError(
+                    f"gradual pruning needs 0 <= prune_start < prune_end <= 1 (fractions of training), "
+                    f"got {self.prune_start} and {self.prune_end}"
+                )
+            if self.update_interval is None:
+                raise ConfigError("gradual pruning prunes at update steps: set update_interval (ΔT)")
+        if self.init_pruning is not None:
+            from .pruning import PRUNE_AT_INIT
+
+            if self.init_pruning not in PRUNE_AT_INIT:
+                raise unknown_name("pruning-at-init method", self.init_pruning, PRUNE_AT_INIT)
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"rounds must be an integer >= 1 (train-prune-rewind rounds), got {self.rounds!r}")
+        if self.rewind_step < 0 or self.init_batches < 1 or self.synflow_rounds < 1:
+            raise ConfigError("rewind_step must be >= 0, init_batches and synflow_rounds >= 1")
         return self
 
 
@@ -184,8 +226,22 @@ def from_config(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     total_steps: int | None = None,
+    *,
+    batches: Iterable | None = None,
+    input_shape: Sequence[int] | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> Sparsifier:
-    """Build a :class:`Sparsifier` from a :class:`SparseConfig`."""
+    """Build a :class:`Sparsifier` from a :class:`SparseConfig`.
+
+    Args:
+        config: The flat description.
+        model: The model to sparsify.
+        optimizer: Its optimizer.
+        total_steps: Training length in steps (schedules given as fractions need it).
+        batches: Training batches, for pruning at initialisation with SNIP or GraSP.
+        input_shape: Input shape without the batch dimension, for SynFlow.
+        masks: Explicit initial masks (overrides the distribution and ``init_pruning``).
+    """
     if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
         raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
     config.validate()
@@ -205,6 +261,24 @@ def from_config(
         keep_last_dense=config.keep_last_dense,
         layer_density={p: 1.0 - float(s) for p, s in config.layer_sparsity.items()},
     )
+    sparsity_schedule = None
+    if config.initial_sparsity is not None:
+        if total_steps is None:
+            raise ConfigError("gradual pruning's schedule is a fraction of training: pass total_steps=")
+        interval = config.update_interval
+        start = int(config.prune_start * total_steps)
+        # The last pruning step is the last multiple of ΔT in the window: the target is reached there.
+        stop = (int(config.prune_end * total_steps) // interval) * interval
+        sparsity_schedule = CubicSparsity(config.initial_sparsity, config.sparsity, start, stop)
+        update = UpdateSchedule(interval, start, stop + 1)
+    if masks is None and config.init_pruning is not None:
+        from .pruning import prune_at_init
+
+        masks = prune_at_init(
+            config.init_pruning, model, 1.0 - config.sparsity, batches=batches,
+            input_shape=input_shape, targets=selector.select(model),
+            **{"synflow": {"rounds": config.synflow_rounds}}.get(config.init_pruning, {}),
+        )
     return Sparsifier(
         model,
         optimizer,
@@ -219,6 +293,9 @@ def from_config(
         sparse_init=config.sparse_init,
         reliable_steps=config.reliable_steps,
         seed=config.seed,
+        masks=masks,
+        sparsity_schedule=sparsity_schedule,
+        global_pruning=config.global_pruning,
     )
 
 
@@ -228,6 +305,8 @@ def build(
     optimizer: torch.optim.Optimizer | None = None,
     *,
     total_steps: int | None = None,
+    batches: Iterable | None = None,
+    input_shape: Sequence[int] | None = None,
     **overrides: Any,
 ) -> Sparsifier:
     """Build a sparsifier by method name.
@@ -243,9 +322,12 @@ def build(
         optimizer: Its optimizer (masks are applied after each of its steps).
         total_steps: Training length in steps; needed by annealed drop fractions and by
             ``update_end < 1``.
+        batches: Training batches, for SNIP and GraSP.
+        input_shape: Input shape without the batch dimension, for SynFlow.
         **overrides: Any :class:`SparseConfig` field.
     """
-    return from_config(resolve_config(method, **overrides), model, optimizer, total_steps)
+    return from_config(resolve_config(method, **overrides), model, optimizer, total_steps,
+                       batches=batches, input_shape=input_shape)
 
 
 _PAPER = dict(distribution="erk", prune="magnitude", grow_init="zero")
@@ -287,4 +369,29 @@ register_method(
     "until the end (paper's CIFAR setting, batch 128).",
     grow="gradient", update_interval=4000, drop_fraction=0.5, final_drop_fraction=0.005,
     drop_schedule="cosine", update_end=1.0, **_PAPER,
+)
+
+register_method(
+    "gmp", "Gradual magnitude pruning (Zhu & Gupta 2017): dense start, cubic schedule to the "
+    "target sparsity between 10% and 75% of training, pruning every ΔT=100 steps, then fine-tuning.",
+    forced=dict(drop_fraction=0.0, drop_schedule="constant"),
+    initial_sparsity=0.0, prune_start=0.1, prune_end=0.75, update_interval=100,
+    update_end=1.0, distribution="uniform", prune="magnitude",
+)
+register_method(
+    "snip", "SNIP (Lee et al. 2019): prune at initialisation by |g * w| on one batch, then a "
+    "static mask.", forced=dict(update_interval=None, init_pruning="snip"),
+)
+register_method(
+    "grasp", "GraSP (Wang et al. 2020): prune at initialisation by -w * (Hg), preserving "
+    "gradient flow, then a static mask.", forced=dict(update_interval=None, init_pruning="grasp"),
+)
+register_method(
+    "synflow", "SynFlow (Tanaka et al. 2020): data-free iterative pruning at initialisation "
+    "(100 rounds), then a static mask.", forced=dict(update_interval=None, init_pruning="synflow"),
+)
+register_method(
+    "imp", "Lottery tickets by iterative magnitude pruning with rewinding (Frankle et al. "
+    "2019/2020): rounds of train, global magnitude prune, rewind to step rewind_step.",
+    forced=dict(update_interval=None), rounds=5, rewind_step=0,
 )

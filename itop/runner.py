@@ -48,7 +48,7 @@ from .methods import from_config
 from .models import build_model
 from .sparsifier import Sparsifier
 
-__all__ = ["Trainer", "evaluate", "evaluate_checkpoint", "lr_lambda", "make_optimizer"]
+__all__ = ["Trainer", "evaluate", "evaluate_checkpoint", "lr_lambda", "make_optimizer", "run_training", "train_imp"]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,15 @@ class Trainer:
             (the CLI draws its progress bar with it).
     """
 
-    def __init__(self, cfg: RunConfig, on_step: Callable[[int, int, int], None] | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        on_step: Callable[[int, int, int], None] | None = None,
+        *,
+        masks: dict[str, torch.Tensor] | None = None,
+        init_state: dict[str, torch.Tensor] | None = None,
+        capture_step: int | None = None,
+    ):
         self.cfg = cfg
         self.on_step = on_step
         self.device = resolve_device(cfg.device)
@@ -198,13 +206,20 @@ class Trainer:
         self.model = build_model(cfg.model, in_channels=self.data.in_channels,
                                  num_classes=self.data.num_classes,
                                  image_size=self.data.image_size).to(self.device)
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg, self.total_steps, self.steps_per_epoch))
         self.sparse_config = cfg.sparse_config()
-        self.sparsifier: Sparsifier = from_config(self.sparse_config, self.model, self.optimizer,
-                                                  self.total_steps)
         shape = (self.data.in_channels, self.data.image_size, self.data.image_size)
+        self.sparsifier: Sparsifier = from_config(
+            self.sparse_config, self.model, self.optimizer, self.total_steps,
+            batches=self._init_batches(), input_shape=shape, masks=masks,
+        )
+        # IMP rewinding: the weights at ``capture_step`` (0 = initialisation) are kept.
+        self.capture_step = capture_step
+        self.captured: dict[str, torch.Tensor] | None = None
         self.flop_profile = profile_model(self.model, shape)
         self.flops = TrainingFlops(self.flop_profile)
         self.dense_gradient = dense_gradient_policy(self.sparsifier.grow)
@@ -214,6 +229,23 @@ class Trainer:
         self._tb = None
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _init_batches(self) -> list | None:
+        """Training batches for pruning at initialisation (SNIP, GraSP); data-order neutral."""
+        sc = self.cfg.sparse_config()
+        if sc.init_pruning not in ("snip", "grasp"):
+            return None
+        self.train_loader.set_epoch(0)
+        batches = []
+        for x, y in self.train_loader.iter_from(0):
+            batches.append((x, y))
+            if len(batches) >= sc.init_batches:
+                break
+        return batches
+
+    def _capture(self) -> None:
+        if self.capture_step is not None and self.progress.step == self.capture_step:
+            self.captured = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _layer_densities(self) -> dict[str, float]:
         return {s.name: s.density for s in self.sparsifier.layer_stats()}
@@ -328,6 +360,7 @@ class Trainer:
         start = time.perf_counter() - p.elapsed
         last_ckpt: Path | None = None
         self.model.train()
+        self._capture()
         while p.epoch < self.epochs:
             self.train_loader.set_epoch(p.epoch)
             epoch_start = time.perf_counter()
@@ -350,6 +383,7 @@ class Trainer:
                 self.scheduler.step()
                 record = self.sparsifier.step()
                 p.step += 1
+                self._capture()
                 p.batch += 1
                 p.loss_sum += float(loss.detach()) * y.numel()
                 p.correct += int((out.detach().argmax(1) == y).sum())
@@ -496,3 +530,88 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, device: s
         "sparsity": sp.actual_sparsity(), "zero_weights_fraction": zeros / sp.num_weights(),
         "itop_rate": sp.itop_rate(), "reliable_itop_rate": sp.reliable_itop_rate(), **flops,
     }
+
+
+def _global_magnitude_masks(model: nn.Module, sparsifier: Sparsifier, keep: int) -> dict[str, torch.Tensor]:
+    """Masks keeping the ``keep`` largest-magnitude active weights over all sparsified layers."""
+    from .pruning import global_topk
+
+    params = dict(model.named_parameters())
+    current = sparsifier.masks()
+    scores = {n: torch.where(m, params[n].detach().abs().float(), torch.full_like(params[n], -1.0, dtype=torch.float32))
+              for n, m in current.items()}
+    return global_topk(scores, keep)
+
+
+def train_imp(cfg: RunConfig, on_step: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+    """Iterative magnitude pruning with rewinding (lottery tickets).
+
+    Frankle & Carbin, "The Lottery Ticket Hypothesis", ICLR 2019; Frankle et al., "Linear Mode
+    Connectivity and the Lottery Ticket Hypothesis", ICML 2020 (rewinding to step k). Round 0
+    trains the dense model; each of the ``rounds`` pruning steps then removes the same fraction
+    of the remaining weights by global magnitude, rewinds the survivors to their values at
+    ``rewind_step`` of round 0, and retrains; the last round trains at the target sparsity.
+    Every round writes its own run folder (``<name>/round-K``) and summary; the run folder gets
+    a final summary whose R_s counts every weight active in any round (1.0: round 0 is dense)
+    and whose training FLOPs add up all rounds.
+    """
+    import dataclasses
+
+    sc = cfg.sparse_config()
+    rounds = sc.rounds
+    keep_fraction = (1.0 - cfg.sparsity) ** (1.0 / rounds)
+    base = cfg.run_name()
+    root = Path(cfg.out_dir) / base
+    masks = None
+    rewind: dict[str, torch.Tensor] | None = None
+    summaries = []
+    union: dict[str, torch.Tensor] | None = None
+    training_flops = 0.0
+    dense_run_flops = None
+    trainer = None
+    for k in range(rounds + 1):
+        sparsity = 1.0 - keep_fraction**k if k < rounds else cfg.sparsity
+        round_cfg = dataclasses.replace(cfg, name=f"{base}/round-{k}", sparsity=0.0 if k == 0 else round(sparsity, 6))
+        trainer = Trainer(round_cfg, on_step, masks=masks, init_state=rewind,
+                          capture_step=sc.rewind_step if k == 0 else None)
+        log.info("IMP round %d/%d: sparsity %.4f", k, rounds, trainer.sparsifier.actual_sparsity())
+        summary = trainer.fit()
+        summaries.append(summary)
+        if k == 0:
+            if trainer.captured is None:
+                raise ConfigError(
+                    f"rewind_step {sc.rewind_step} is beyond round 0's {trainer.progress.step} steps; lower it"
+                )
+            rewind = trainer.captured
+            dense_run_flops = trainer.flops.dense_equivalent
+        training_flops += trainer.flops.total
+        round_masks = trainer.sparsifier.masks()
+        union = round_masks if union is None else {n: union[n] | m for n, m in round_masks.items()}
+        if k < rounds:
+            keep = round(keep_fraction ** (k + 1) * trainer.sparsifier.num_weights())
+            masks = _global_magnitude_masks(trainer.model, trainer.sparsifier, keep)
+    final = dict(summaries[-1])
+    total = sum(m.numel() for m in union.values())
+    final.update({
+        "run": base, "method": "imp", "rounds": rounds, "run_dir": str(root),
+        "itop_rate": sum(int(m.sum()) for m in union.values()) / total,
+        "training_flops": training_flops,
+        "training_flops_relative": training_flops / dense_run_flops if dense_run_flops else None,
+        "round_summaries": [
+            {"round": i, "sparsity": s["sparsity"], "test_acc_selected": s["test_acc_selected"],
+             "final_test_acc": s["final_test_acc"], "run_dir": s["run_dir"]} for i, s in enumerate(summaries)
+        ],
+        "wall_time_s": sum(s["wall_time_s"] for s in summaries),
+    })
+    if trainer.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "summary.json").write_text(json.dumps(final, indent=2) + "\n")
+        dump_config(cfg.resolved(), root / "config.yaml")
+    return final
+
+
+def run_training(cfg: RunConfig, on_step: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+    """Train one config: a single run, or the rounds of iterative magnitude pruning."""
+    if cfg.sparse_config().rounds > 1:
+        return train_imp(cfg, on_step)
+    return Trainer(cfg, on_step).fit()

@@ -22,6 +22,7 @@ __all__ = [
     "DROP_SCHEDULES",
     "ConstantDrop",
     "CosineDrop",
+    "CubicSparsity",
     "DropSchedule",
     "LinearDrop",
     "UpdateSchedule",
@@ -157,3 +158,35 @@ def make_drop_schedule(
     if end is None:
         raise ConfigError(f"the '{kind}' drop schedule needs total_steps; pass total_steps=")
     return DROP_SCHEDULES[kind](initial, final, end, start)
+
+
+@dataclass(frozen=True)
+class CubicSparsity:
+    """Gradual pruning's cubic sparsity schedule (Zhu & Gupta 2017, "To prune, or not to prune").
+
+    ``s(t) = final + (initial - final) * (1 - (t - start) / (end - start)) ** 3`` for ``t`` in
+    ``[start, end]``; ``initial`` before ``start`` and ``final`` after ``end``. Pruning happens
+    at the update steps inside the window (every ΔT), fast at first and slowly at the end.
+    """
+
+    initial: float
+    final: float
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        _check_fraction("initial sparsity", self.initial)
+        if not 0.0 <= self.final < 1.0:
+            raise ConfigError(f"final sparsity must be in [0, 1), got {self.final}")
+        if self.final < self.initial:
+            raise ConfigError("gradual pruning needs final sparsity >= initial sparsity")
+        if self.end <= self.start:
+            raise ConfigError(
+                f"gradual pruning cannot reach sparsity {self.final}: its window "
+                f"[{self.start}, {self.end}] holds no pruning step; widen prune_start/prune_end "
+                "or lower update_interval"
+            )
+
+    def __call__(self, step: int) -> float:
+        p = min(max((step - self.start) / (self.end - self.start), 0.0), 1.0)
+        return self.final + (self.initial - self.final) * (1.0 - p) ** 3

@@ -18,6 +18,7 @@ optimizer does (momentum, weight decay, Adam).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from ._backend import RandomState, flat_gather, flat_set_, sample_positions
+from ._backend import RandomState, flat_gather, flat_set_, sample_positions, top_n
 from .criteria import Criterion, LayerContext, get_grow, get_prune
 from .distributions import Distribution, allocate, get_distribution
 from .errors import CheckpointError, ConfigError, unknown_name
@@ -151,6 +152,14 @@ class Sparsifier:
             (default: the update interval).
         seed: Seed of the engine's random streams (initial masks, random growth). ``None``
             draws one from torch's global generator, so ``torch.manual_seed`` controls it.
+        masks: Initial masks by weight name (True = active) instead of random ones drawn from
+            the distribution, e.g. from SNIP, GraSP or SynFlow (:mod:`itop.pruning`).
+        sparsity_schedule: Gradual pruning: a function step -> target global sparsity (e.g.
+            :class:`~itop.schedules.CubicSparsity`). The initial masks follow
+            ``sparsity_schedule(0)``; at each update step every layer is pruned to its share of
+            the scheduled sparsity, and these extra drops are not regrown.
+        global_pruning: With ``sparsity_schedule``, choose the per-layer counts by global
+            magnitude over all layers instead of the distribution.
     """
 
     def __init__(
@@ -169,6 +178,9 @@ class Sparsifier:
         sparse_init: bool = False,
         reliable_steps: int | None = None,
         seed: int | None = None,
+        masks: Mapping[str, torch.Tensor] | None = None,
+        sparsity_schedule: Callable[[int], float] | None = None,
+        global_pruning: bool = False,
     ) -> None:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
             raise ConfigError(
@@ -197,8 +209,10 @@ class Sparsifier:
         self.history: list[dict[str, Any]] = []
         self._hook = None
         self._closed = False
+        self.sparsity_schedule = sparsity_schedule
+        self.global_pruning = global_pruning
 
-        self._layers = self._build_layers()
+        self._layers = self._build_layers(masks)
         for layer in self._layers:
             self.tracker.register(layer.name, layer.active, layer.numel, 0)
         self.apply_masks()
@@ -217,28 +231,65 @@ class Sparsifier:
 
     # -- construction --------------------------------------------------------------------------
 
-    def _build_layers(self) -> list[_Layer]:
+    def _build_layers(self, masks: Mapping[str, torch.Tensor] | None) -> list[_Layer]:
         targets = self.selector.select(self.model)
-        shapes = {t.name: t.shape for t in targets}
-        fixed = self.selector.fixed_densities(targets)
-        density = 1.0 - self.sparsity
-        total = sum(t.param.numel() for t in targets)
-        if self.sparsity == 0.0:
-            densities = {n: 1.0 for n in shapes}
-        else:
-            densities = self.distribution(shapes, density, fixed)
-        counts = allocate(shapes, densities, total=round(density * total), fixed=list(fixed))
+        self._shapes = {t.name: t.shape for t in targets}
+        self._fixed = self.selector.fixed_densities(targets)
+        if masks is not None:
+            return [self._layer_from_mask(t, masks) for t in targets]
+        start = self.sparsity if self.sparsity_schedule is None else float(self.sparsity_schedule(0))
+        counts = self._target_counts(start)
         layers = []
         for t in targets:
             layer = _Layer(t, counts[t.name])
             if layer.dense:
-                active = torch.arange(layer.numel)
+                active = torch.arange(layer.numel, device=t.param.device)
             else:
                 active = sample_positions(layer.numel, layer.count, self.rng, t.param.device)
                 distributed.broadcast_(active)
             layer.set_active(active)
             layers.append(layer)
         return layers
+
+    def _layer_from_mask(self, target: Target, masks: Mapping[str, torch.Tensor]) -> _Layer:
+        if target.name not in masks:
+            raise ConfigError(
+                f"masks has no entry for '{target.name}'; give a mask for every sparsified weight "
+                f"({', '.join(self._shapes)})"
+            )
+        mask = masks[target.name]
+        if tuple(mask.shape) != target.shape:
+            raise ConfigError(f"mask for '{target.name}' has shape {tuple(mask.shape)}, expected {target.shape}")
+        active = mask.detach().reshape(-1).nonzero().squeeze(1).to(target.param.device)
+        distributed.broadcast_(active)
+        layer = _Layer(target, int(active.numel()))
+        layer.set_active(active)
+        return layer
+
+    def _target_counts(self, sparsity: float) -> dict[str, int]:
+        """Per-layer active counts for a global sparsity, by the density distribution."""
+        density = 1.0 - sparsity
+        total = sum(math.prod(s) for s in self._shapes.values())
+        if sparsity == 0.0:
+            densities = {n: 1.0 for n in self._shapes}
+        else:
+            densities = self.distribution(self._shapes, density, self._fixed)
+        return allocate(self._shapes, densities, total=round(density * total), fixed=list(self._fixed))
+
+    def _global_magnitude_counts(self, sparsity: float) -> dict[str, int]:
+        """Per-layer counts of the globally largest active magnitudes (layers with a fixed
+        density keep their count)."""
+        free = [layer for layer in self._layers if layer.name not in self._fixed]
+        keep = round((1.0 - sparsity) * self.num_weights()) - sum(
+            layer.count for layer in self._layers if layer.name in self._fixed)
+        values = torch.cat([flat_gather(layer.param.detach(), layer.active).float().abs().cpu() for layer in free])
+        keep = min(max(keep, 0), values.numel())
+        chosen = top_n(values, keep)
+        owner = torch.repeat_interleave(torch.arange(len(free)), torch.tensor([layer.count for layer in free]))
+        per_layer = torch.bincount(owner[chosen], minlength=len(free)).tolist()
+        counts = {layer.name: layer.count for layer in self._layers}
+        counts.update({layer.name: int(c) for layer, c in zip(free, per_layer, strict=True)})
+        return counts
 
     def _masked(self) -> list[_Layer]:
         return [layer for layer in self._layers if layer.mask is not None]
@@ -304,12 +355,17 @@ class Sparsifier:
         t0 = time.perf_counter()
         step = self._step
         f = float(self.drop_schedule(step) if drop_fraction is None else drop_fraction)
+        targets = None
+        if self.sparsity_schedule is not None:
+            s = float(self.sparsity_schedule(step))
+            targets = self._global_magnitude_counts(s) if self.global_pruning else self._target_counts(s)
         dropped_total = grown_total = explored = 0
-        for layer in self._masked():
-            n = int(f * layer.count)
-            if n <= 0:
+        for layer in self._layers:
+            exchange = int(f * layer.count) if layer.mask is not None else 0
+            extra = max(0, layer.count - targets[layer.name]) if targets is not None else 0
+            if exchange + extra <= 0:
                 continue
-            d, g, e = self._update_layer(layer, n, step)
+            d, g, e = self._update_layer(layer, exchange + extra, exchange, step)
             dropped_total += d
             grown_total += g
             explored += e
@@ -340,29 +396,34 @@ class Sparsifier:
             rng=self.rng,
         )
 
-    def _update_layer(self, layer: _Layer, n: int, step: int) -> tuple[int, int, int]:
+    def _update_layer(self, layer: _Layer, n_drop: int, n_grow: int, step: int) -> tuple[int, int, int]:
+        if layer.mask is None:  # a dense layer being pruned for the first time
+            layer.mask = torch.ones_like(layer.param)
         param, mask = layer.param, layer.mask
         device = param.device
         ctx = self._context(layer, step)
-        drop = self.prune.select_drop(ctx, n).to(device)
+        drop = self.prune.select_drop(ctx, n_drop).to(device)
         distributed.broadcast_(drop)
         flat_set_(mask, drop, 0.0)
         keep = layer.active[flat_gather(mask, layer.active) != 0]
-        grow = self.grow.select_grow(ctx, keep, n).to(device)
+        grow = (self.grow.select_grow(ctx, keep, n_grow).to(device) if n_grow > 0
+                else torch.empty(0, dtype=torch.long, device=device))
         distributed.broadcast_(grow)
-        if grow.numel() != n or drop.numel() != n:
+        if grow.numel() != n_grow or drop.numel() != n_drop:
             raise RuntimeError(
-                f"criterion returned {drop.numel()} drops / {grow.numel()} grows for '{layer.name}', "
-                f"expected {n} each"
+                f"criteria returned {drop.numel()} drops / {grow.numel()} grows for '{layer.name}', "
+                f"expected {n_drop} / {n_grow}"
             )
         old = flat_gather(param, grow).clone()
         flat_set_(param, drop, 0.0)
-        flat_set_(param, grow, self._grow_init(old, flat_gather(param, keep), self.rng))
-        flat_set_(mask, grow, 1.0)
+        if n_grow:
+            flat_set_(param, grow, self._grow_init(old, flat_gather(param, keep), self.rng))
+            flat_set_(mask, grow, 1.0)
         layer.active = torch.cat([keep, grow])
+        layer.count = int(layer.active.numel())
         reset_state(self.optimizer, param, torch.cat([drop, grow]))
         explored = self.tracker.record(layer.name, drop, grow, step)
-        return n, n, explored
+        return n_drop, n_grow, explored
 
     # -- reads ---------------------------------------------------------------------------------
 

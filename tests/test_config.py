@@ -67,3 +67,9 @@ def test_run_name_and_keys():
     c = RunConfig(method="set", model="m", dataset="d", sparsity=0.95, seed=3)
     assert c.run_name() == "set-m-d-s0.95-seed3"
     assert "update_interval" in RunConfig.keys()
+
+
+def test_every_sparsifier_key_is_a_run_config_key():
+    from itop.methods import SparseConfig
+
+    assert set(SparseConfig.keys()) <= set(RunConfig.keys())

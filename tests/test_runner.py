@@ -121,3 +121,68 @@ def test_multiplier_scales_epochs_and_schedules(tmp_path):
     assert t.epochs == 4 and t.total_steps == 4 * t.steps_per_epoch
     assert t.sparsifier.update_schedule.interval == 5  # ΔT is not scaled
     assert t.sparsifier.update_schedule.end == int(0.75 * t.total_steps)
+
+
+def test_imp_rewinds_survivors_under_the_new_mask(tmp_path):
+    from itop.runner import train_imp
+
+    c = cfg(tmp_path, method="imp", epochs=1, rounds=2, rewind_step=3, sparsity=0.75)
+    seen = []
+    original_init = Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        seen.append((self, kwargs.get("init_state")))
+
+    Trainer.__init__ = spy
+    try:
+        summary = train_imp(c)
+    finally:
+        Trainer.__init__ = original_init
+    assert len(seen) == 3  # dense round plus two pruning rounds
+    rewind = seen[0][0].captured
+    assert rewind is not None
+    for trainer, init_state in seen[1:]:
+        assert init_state is rewind
+    # Round 1's starting weights: the rewound ones, zero where round 0's magnitude prune removed them.
+    r1 = seen[1][0]
+    ckpt = torch.load(tmp_path / "run" / "round-1" / "best.pt", weights_only=True)
+    masks = {n: torch.zeros(ckpt["sparsifier"]["layers"][n]["shape"], dtype=torch.bool).reshape(-1)
+             .index_fill_(0, ckpt["sparsifier"]["layers"][n]["active"].long(), True)
+             .reshape(ckpt["sparsifier"]["layers"][n]["shape"]) for n in r1.sparsifier.layer_names()}
+    sparsities = [r["sparsity"] for r in summary["round_summaries"]]
+    assert sparsities[0] == 0.0 and sparsities[1] == pytest.approx(0.5, abs=1e-3)
+    assert sparsities[2] == pytest.approx(0.75, abs=1e-3)
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * total)  # global magnitude prune
+    params = dict(r1.model.named_parameters())
+    start_weights = {n: rewind[n] * masks[n] for n in masks}
+    assert all(bool((params[n][~masks[n]] == 0).all()) for n in masks)
+    assert any(not torch.equal(params[n], start_weights[n]) for n in masks)  # round 1 trained
+    assert summary["itop_rate"] == 1.0 and summary["training_flops_relative"] > 1.0
+    assert (tmp_path / "run" / "summary.json").is_file()
+    for k in range(3):
+        assert (tmp_path / "run" / f"round-{k}" / "summary.json").is_file()
+
+
+def test_imp_round_start_equals_rewound_weights_times_mask(tmp_path):
+    c = cfg(tmp_path, method="static", epochs=1, sparsity=0.5)
+    first = Trainer(c, capture_step=0)
+    first.fit()
+    rewind = first.captured
+    masks = {n: torch.rand(p.shape) < 0.3 for n, p in first.model.named_parameters() if n in first.sparsifier.layer_names()}
+    nxt = Trainer(cfg(tmp_path, method="static", epochs=1, sparsity=0.5, name="next"), masks=masks, init_state=rewind)
+    state = nxt.model.state_dict()
+    for n, v in rewind.items():
+        expected = v * masks[n] if n in masks else v
+        assert torch.equal(state[n], expected), n
+
+
+@pytest.mark.parametrize("method, rate", [("static", 0.1), ("snip", 0.1), ("grasp", 0.1), ("synflow", 0.1),
+                                          ("gmp", 1.0), ("dense", 1.0)])
+def test_baselines_report_itop_rate_honestly(tmp_path, method, rate):
+    s = Trainer(cfg(tmp_path, method=method, epochs=2, synflow_rounds=5)).fit()
+    assert s["itop_rate"] == pytest.approx(rate, abs=2e-3)
+    expected_sparsity = 0.0 if method == "dense" else 0.9
+    assert s["sparsity"] == pytest.approx(expected_sparsity, abs=2e-3)
+    assert s["training_flops_relative"] > 0 and s["test_acc_selected"] > 0.1
