@@ -142,7 +142,7 @@ def test_imp_rewinds_survivors_under_the_new_mask(tmp_path):
     assert len(seen) == 3  # dense round plus two pruning rounds
     rewind = seen[0][0].captured
     assert rewind is not None
-    for trainer, init_state in seen[1:]:
+    for _trainer, init_state in seen[1:]:
         assert init_state is rewind
     # Round 1's starting weights: the rewound ones, zero where round 0's magnitude prune removed them.
     r1 = seen[1][0]
