@@ -11,7 +11,7 @@ Three lines add dynamic sparse training to a PyTorch loop::
     sparsifier.itop_rate()
 """
 
-from . import criteria, distributed, distributions, flops, schedules
+from . import criteria, distributed, distributions, flops, pruning, schedules
 from .criteria import Criterion, LayerContext, ScoreCriterion
 from .errors import (
     CheckpointError,
@@ -66,6 +66,7 @@ __all__ = [
     "distributed",
     "distributions",
     "flops",
+    "pruning",
     "from_config",
     "get_method",
     "list_methods",

@@ -80,11 +80,7 @@ def test_gmp_follows_the_cubic_schedule_and_ends_at_the_target():
     shapes = {s.name: s.shape for s in sp.layer_stats()}
     total = sp.num_weights()
     cubic = CubicSparsity(0.0, 0.9, 100, 750)  # prune_start 0.1, last multiple of 50 <= 0.75 * 1000
-    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
-    for t in range(1, 1001):
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
+    for t in range(1, 1001):  # counts depend only on the schedule: no training needed
         sp.step()
         if t in (100, 150, 300, 500, 750, 1000):
             s_t = cubic(t) if t > 100 else 0.0
