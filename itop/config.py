@@ -38,7 +38,11 @@ class RunConfig:
     ``multiplier`` (extended training: scales epochs and every schedule defined as a fraction
     of training, as in the paper's 2x/5x runs; ΔT is not scaled, so longer runs make more
     updates), ``lr_schedule`` (step/cosine/constant), ``lr_milestones`` (fractions of training
-    for the step schedule), ``lr_gamma``, ``warmup_epochs``, ``label_smoothing``, ``grad_clip``.
+    for the step schedule), ``lr_gamma``, ``warmup_epochs``, ``label_smoothing``, ``grad_clip``,
+    ``lr_reference_batch`` (when set, the learning rate is ``lr * global_batch /
+    lr_reference_batch``, the linear scaling rule). Performance: ``amp`` (none/bf16/fp16; fp16
+    uses a GradScaler), ``channels_last``, ``compile`` (``torch.compile`` the model),
+    ``dist_backend`` (auto/nccl/gloo under torchrun).
     Sparsity: ``method``, ``sparsity`` and every :class:`~itop.methods.SparseConfig` key.
     Run control: ``seed``, ``device``, ``out_dir``, ``name``, ``eval_every``,
     ``checkpoint_every_steps``, ``keep_checkpoints``, ``resume``, ``max_steps`` (stop early,
@@ -70,6 +74,12 @@ class RunConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    lr_reference_batch: int | None = None
+    # performance (CUDA)
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    dist_backend: str = "auto"
     # sparsity
     method: str = "rigl-itop"
     sparsity: float = 0.9
@@ -165,6 +175,12 @@ class RunConfig:
             raise _choice("optimizer", self.optimizer, ["sgd", "adam", "adamw"])
         if self.lr_schedule not in ("step", "cosine", "constant"):
             raise _choice("lr_schedule", self.lr_schedule, ["step", "cosine", "constant"])
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise _choice("amp", self.amp, ["none", "bf16", "fp16"])
+        if self.dist_backend not in ("auto", "nccl", "gloo"):
+            raise _choice("dist_backend", self.dist_backend, ["auto", "nccl", "gloo"])
+        if self.lr_reference_batch is not None:
+            _positive("lr_reference_batch", self.lr_reference_batch)
         if self.progress not in ("auto", "bar", "lines", "none"):
             raise _choice("progress", self.progress, ["auto", "bar", "lines", "none"])
         if any(not 0.0 < m < 1.0 for m in self.lr_milestones):

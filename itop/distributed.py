@@ -9,10 +9,22 @@ Gradient-based criteria see the all-reduced gradient when the model is wrapped i
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["broadcast_", "is_distributed", "rank", "world_size"]
+__all__ = [
+    "all_reduce_sum_",
+    "barrier",
+    "broadcast_",
+    "init_from_env",
+    "is_distributed",
+    "local_rank",
+    "rank",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -48,3 +60,45 @@ def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if buf is not tensor:
         tensor.copy_(buf.to(device=tensor.device, dtype=tensor.dtype))
     return tensor
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place; identity when not distributed."""
+    if not is_distributed():
+        return tensor
+    dev = _comm_device(tensor)
+    buf = tensor if tensor.device == dev else tensor.to(dev)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    if buf is not tensor:
+        tensor.copy_(buf.to(tensor.device))
+    return tensor
+
+
+def barrier() -> None:
+    """Wait for every rank; no-op when not distributed."""
+    if is_distributed():
+        dist.barrier()
+
+
+def local_rank() -> int:
+    """This process's index on its node (``LOCAL_RANK`` from torchrun; 0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
+    """Join the process group described by torchrun's environment, if any.
+
+    Does nothing when ``WORLD_SIZE`` is unset or 1, or a group already exists. ``auto`` picks
+    NCCL when CUDA is available and gloo otherwise.
+
+    Returns:
+        True when this call created the process group.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return True

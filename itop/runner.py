@@ -59,7 +59,9 @@ RUN_IDENTITY = ("model", "dataset", "method", "sparsity", "batch_size", "epochs"
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", distributed.local_rank() if distributed.is_distributed() else 0)
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -69,8 +71,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or Adam/AdamW; optionally no weight decay on norms and biases."""
+def make_optimizer(cfg: RunConfig, model: nn.Module, world: int = 1) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or Adam/AdamW; optionally no weight decay on norms and biases.
+
+    ``batch_size`` is per process; with ``lr_reference_batch`` the learning rate follows the
+    linear scaling rule ``lr * batch_size * world / lr_reference_batch``.
+    """
+    lr = cfg.lr
+    if cfg.lr_reference_batch:
+        lr = cfg.lr * cfg.batch_size * world / cfg.lr_reference_batch
     decay, no_decay = [], []
     for module in model.modules():
         is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
@@ -80,11 +89,11 @@ def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def lr_lambda(cfg: RunConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -108,23 +117,36 @@ def lr_lambda(cfg: RunConfig, total_steps: int, steps_per_epoch: int) -> Callabl
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``loader``."""
+def evaluate(model: nn.Module, loader, device: torch.device, autocast=None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``loader``.
+
+    Under a process group each rank evaluates its shard and the sums are all-reduced, so every
+    rank returns the metrics of the whole set.
+    """
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
-        loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
-        correct += (out.argmax(1) == y).sum()
-        count += y.numel()
+        with autocast() if autocast is not None else _nullcontext():
+            out = model(x)
+        sums[0] += nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += y.numel()
     model.train(was_training)
+    distributed.all_reduce_sum_(sums)
+    loss, correct, count = sums.tolist()
     if count == 0:
         return float("nan"), float("nan")
-    return float(loss_sum) / count, float(correct) / count
+    return loss / count, correct / count
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _rng_state() -> dict[str, Any]:
@@ -179,8 +201,10 @@ class Trainer:
     ):
         self.cfg = cfg
         self.on_step = on_step
+        distributed.init_from_env(cfg.dist_backend)
         self.device = resolve_device(cfg.device)
         self.rank = distributed.rank()
+        self.world = distributed.world_size()
         self.is_main = self.rank == 0
         self.run_dir = Path(cfg.out_dir) / cfg.run_name()
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -193,12 +217,11 @@ class Trainer:
                                  augment=cfg.augment)
         self.train_loader = self.data.loader(
             "train", batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, rank=self.rank,
-            world_size=distributed.world_size(), num_workers=cfg.num_workers,
+            world_size=self.world, num_workers=cfg.num_workers,
         )
         eval_bs = max(cfg.batch_size, 256)
-        self.val_loader = (self.data.loader("val", batch_size=eval_bs, shuffle=False, num_workers=cfg.num_workers)
-                           if self.data.val is not None else None)
-        self.test_loader = self.data.loader("test", batch_size=eval_bs, shuffle=False, num_workers=cfg.num_workers)
+        self.val_loader = self._eval_loader("val", eval_bs) if self.data.val is not None else None
+        self.test_loader = self._eval_loader("test", eval_bs)
         self.steps_per_epoch = len(self.train_loader)
         self.epochs = max(1, int(round(cfg.epochs * cfg.multiplier)))
         self.total_steps = self.epochs * self.steps_per_epoch
@@ -208,7 +231,9 @@ class Trainer:
                                  image_size=self.data.image_size).to(self.device)
         if init_state is not None:
             self.model.load_state_dict(init_state)
-        self.optimizer = make_optimizer(cfg, self.model)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(cfg, self.model, self.world)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg, self.total_steps, self.steps_per_epoch))
         self.sparse_config = cfg.sparse_config()
@@ -217,6 +242,16 @@ class Trainer:
             self.sparse_config, self.model, self.optimizer, self.total_steps,
             batches=self._init_batches(), input_shape=shape, masks=masks,
         )
+        # The network the loop calls: DDP and/or compiled around the same parameters.
+        self.net: nn.Module = self.model
+        if distributed.is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
         # IMP rewinding: the weights at ``capture_step`` (0 = initialisation) are kept.
         self.capture_step = capture_step
         self.captured: dict[str, torch.Tensor] | None = None
@@ -229,6 +264,10 @@ class Trainer:
         self._tb = None
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _eval_loader(self, split: str, batch_size: int):
+        return self.data.loader(split, batch_size=batch_size, shuffle=False, rank=self.rank,
+                                world_size=self.world, num_workers=self.cfg.num_workers)
 
     def _init_batches(self) -> list | None:
         """Training batches for pruning at initialisation (SNIP, GraSP); data-order neutral."""
@@ -266,7 +305,7 @@ class Trainer:
                 self._tb = SummaryWriter(str(self.run_dir / "tb"))
         return self._tb or None
 
-    def _checkpoint_state(self) -> dict[str, Any]:
+    def _checkpoint_state(self, sums: list[float]) -> dict[str, Any]:
         p = self.progress
         return {
             "format": CHECKPOINT_FORMAT,
@@ -280,16 +319,21 @@ class Trainer:
             "rng": _rng_state(),
             "progress": {
                 "epoch": p.epoch, "batch": p.batch, "step": p.step, "elapsed": p.elapsed,
-                "loss_sum": p.loss_sum, "correct": p.correct, "seen": p.seen, "best": p.best,
+                "loss_sum": sums[0], "correct": int(sums[1]), "seen": int(sums[2]), "best": p.best,
+                "world_size": self.world,
             },
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "metrics_offset": self.metrics_path.stat().st_size if self.metrics_path.exists() else 0,
         }
 
     def save(self) -> Path | None:
-        """Write a checkpoint of the current position (rank 0 only) and prune old ones."""
+        """Write a checkpoint of the current position (rank 0 writes; every rank must call)."""
+        p = self.progress
+        sums = torch.tensor([p.loss_sum, p.correct, p.seen], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_sum_(sums)
         if not self.is_main:
             return None
-        path = save_checkpoint(self._checkpoint_state(), checkpoint_path(self.ckpt_dir, self.progress.step))
+        path = save_checkpoint(self._checkpoint_state(sums.tolist()), checkpoint_path(self.ckpt_dir, p.step))
         prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
         return path
 
@@ -314,9 +358,21 @@ class Trainer:
         self.sparsifier.load_state_dict(state["sparsifier"])
         self.flops.load_state_dict(state["flops"])
         _set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         p = state["progress"]
         self.progress = _Progress(**{k: p[k] for k in ("epoch", "batch", "step", "elapsed",
                                                        "loss_sum", "correct", "seen", "best")})
+        if self.rank != 0:  # the checkpoint holds the partial epoch's sums over all ranks
+            self.progress.loss_sum, self.progress.correct, self.progress.seen = 0.0, 0, 0
+        saved_world = int(p.get("world_size", 1))
+        if saved_world != self.world:
+            # Same epoch; inside it, continue after the samples already seen (rounded down to a
+            # whole batch of the new layout). Training continues correctly but is not
+            # bit-identical to a run that kept the old number of ranks.
+            self.progress.batch = (p["batch"] * saved_world) // self.world
+            log.warning("checkpoint was written by %d ranks, resuming on %d: the epoch continues "
+                        "from batch %d", saved_world, self.world, self.progress.batch)
         self._densities = self._layer_densities()
         if self.is_main and self.metrics_path.exists():
             with self.metrics_path.open("r+") as f:
@@ -326,7 +382,7 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         resume = self.cfg.resume
         if resume in (None, "", "none"):
-            if self.metrics_path.exists() or (self.run_dir / "summary.json").exists():
+            if self.is_main and (self.metrics_path.exists() or (self.run_dir / "summary.json").exists()):
                 raise ConfigError(
                     f"run folder {self.run_dir} already has results; use --resume auto to continue "
                     "it, or --name/--out-dir for a new run"
@@ -345,6 +401,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(self.resolved_config(), self.run_dir / "config.yaml")
+        distributed.barrier()
 
     def resolved_config(self) -> dict[str, Any]:
         out = self.cfg.resolved()
@@ -366,8 +423,11 @@ class Trainer:
             epoch_start = time.perf_counter()
             for x, y in self.train_loader.iter_from(p.batch):
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                out = self.model(x)
-                loss = self.loss_fn(out, y)
+                if cfg.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self.autocast() if self.autocast is not None else _nullcontext():
+                    out = self.net(x)
+                    loss = self.loss_fn(out.float(), y)
                 if not bool(torch.isfinite(loss)):
                     where = f"epoch {p.epoch + 1}, step {p.step + 1}"
                     good = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
@@ -376,12 +436,23 @@ class Trainer:
                         "lower --lr (or set --grad-clip) and resume with --resume auto"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
+                skipped = False
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        self.scaler.unscale_(self.optimizer)
+                        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    scale = self.scaler.get_scale()
+                    self.scaler.step(self.optimizer)  # skipped (no post-step hook) on overflow
+                    self.scaler.update()
+                    skipped = self.scaler.get_scale() < scale
+                else:
+                    loss.backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    self.optimizer.step()
                 self.scheduler.step()
-                record = self.sparsifier.step()
+                record = self.sparsifier.step(skip_update=skipped)
                 p.step += 1
                 self._capture()
                 p.batch += 1
@@ -418,15 +489,18 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> None:
         cfg, p = self.cfg, self.progress
         epoch = p.epoch + 1
+        train = torch.tensor([p.loss_sum, p.correct, p.seen], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_sum_(train)
+        loss_sum, correct, seen = train.tolist()
         record: dict[str, Any] = {
             "type": "epoch", "epoch": epoch, "step": p.step,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": p.loss_sum / max(p.seen, 1), "train_acc": p.correct / max(p.seen, 1),
+            "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
         }
         if epoch % cfg.eval_every == 0 or epoch == self.epochs:
             if self.val_loader is not None:
-                record["val_loss"], record["val_acc"] = evaluate(self.model, self.val_loader, self.device)
-            record["test_loss"], record["test_acc"] = evaluate(self.model, self.test_loader, self.device)
+                record["val_loss"], record["val_acc"] = evaluate(self.model, self.val_loader, self.device, self.autocast)
+            record["test_loss"], record["test_acc"] = evaluate(self.model, self.test_loader, self.device, self.autocast)
             self._select(record)
         stats = self.sparsifier.stats(per_layer=False)
         record.update({k: stats[k] for k in ("sparsity", "itop_rate", "reliable_itop_rate", "updates")})

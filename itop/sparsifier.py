@@ -313,10 +313,15 @@ class Sparsifier:
         if self._mask_params:
             torch._foreach_mul_(self._mask_params, self._mask_tensors)
 
-    def step(self) -> dict[str, Any] | None:
+    def step(self, skip_update: bool = False) -> dict[str, Any] | None:
         """Advance one training step; call once after every ``optimizer.step()``.
 
         Updates the topology when the schedule says so.
+
+        Args:
+            skip_update: Do not change the topology at this step even if it is an update step,
+                e.g. when a ``GradScaler`` skipped the optimizer step because the gradients
+                overflowed (they are not usable for growth then). The update is not postponed.
 
         Returns:
             The update record (see :attr:`history`) at update steps, else ``None``.
@@ -327,6 +332,9 @@ class Sparsifier:
         if self.optimizer is None:
             self.apply_masks()
         if self.update_schedule.is_update_step(self._step):
+            if skip_update:
+                log.info("topology update at step %d skipped (optimizer step skipped)", self._step)
+                return None
             return self.update_topology()
         return None
 

@@ -186,3 +186,30 @@ def test_baselines_report_itop_rate_honestly(tmp_path, method, rate):
     expected_sparsity = 0.0 if method == "dense" else 0.9
     assert s["sparsity"] == pytest.approx(expected_sparsity, abs=2e-3)
     assert s["training_flops_relative"] > 0 and s["test_acc_selected"] > 0.1
+
+
+def test_bf16_autocast_and_channels_last_run(tmp_path):
+    s = Trainer(cfg(tmp_path, epochs=2, amp="bf16", channels_last=True)).fit()
+    ref = Trainer(cfg(tmp_path, epochs=2, name="fp32")).fit()
+    assert s["completed"] and s["updates"] == ref["updates"] > 0
+    assert abs(s["final_test_acc"] - ref["final_test_acc"]) < 0.1  # bf16 trains like fp32
+
+
+def test_lr_scales_with_the_global_batch(tmp_path):
+    t = Trainer(cfg(tmp_path, lr=0.1, lr_reference_batch=256, batch_size=64))
+    assert t.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.1 * 64 / 256)
+
+
+@pytest.mark.slow
+def test_compiled_model_keeps_working_across_topology_updates(tmp_path):
+    t = Trainer(cfg(tmp_path, epochs=2, compile=True, update_interval=3))
+    s = t.fit()
+    assert s["updates"] >= 10 and s["test_acc_selected"] > 0.25
+    params = dict(t.model.named_parameters())
+    for name, m in t.sparsifier.masks().items():
+        assert bool((params[name][~m] == 0).all())
+    # Same run uncompiled ends close to it: compile changed the speed, not the training.
+    plain = Trainer(cfg(tmp_path, epochs=2, update_interval=3, name="plain"))
+    plain.fit()
+    for name, m in plain.sparsifier.masks().items():
+        assert torch.equal(m, t.sparsifier.masks()[name])

@@ -333,3 +333,29 @@ def test_step_returns_update_records():
     assert [r is not None for r in records] == [False, False, True, False, False, True, False]
     assert records[2]["drop_fraction"] == 0.2
     assert records[2]["dropped"] == sum(int(0.2 * s.active) for s in sp.layer_stats())
+
+
+def test_grad_scaler_skipped_steps_keep_zeros_and_skip_updates():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = itop.build("rigl", model, opt, sparsity=0.9, update_interval=1, total_steps=100, seed=0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    counts = {s.name: s.active for s in sp.layer_stats()}
+    x, y = batches(1)[0]
+    for overflow in (False, True, False):
+        opt.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+        if overflow:
+            model[1].weight.grad[0, 0] = float("inf")
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        scale = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
+        skipped = scaler.get_scale() < scale
+        assert skipped == overflow
+        record = sp.step(skip_update=skipped)
+        assert (record is None) == overflow
+        if overflow:  # nothing moved, no topology change, zeros still zero
+            assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+        check_invariants(sp, model, counts)
+    assert len(sp.history) == 2

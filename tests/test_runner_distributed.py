@@ -1,0 +1,110 @@
+"""The runner under torchrun-style process groups (gloo on CPU, two processes)."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from itop.config import load_config
+from itop.runner import Trainer
+
+BASE = {"dataset": "digits", "model": "lenet-300-100", "tensorboard": False, "progress": "none",
+        "lr": 0.05}
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, jobs, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        for tag, over in jobs:
+            t = Trainer(load_config(None, {**BASE, "out_dir": os.path.join(out_dir, tag), "name": "run", **over}))
+            t.fit()
+            torch.save({"model": t.model.state_dict(), "masks": t.sparsifier.masks(),
+                        "rate": t.sparsifier.itop_rate(), "steps": t.progress.step,
+                        "updates": len(t.sparsifier.history)},
+                       os.path.join(out_dir, f"{tag}-rank{rank}.pt"))
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawn(tmp_path, jobs):
+    mp.spawn(_worker, args=(2, _port(), jobs, str(tmp_path)), nprocs=2, join=True)
+    return {tag: [torch.load(tmp_path / f"{tag}-rank{r}.pt", weights_only=True) for r in (0, 1)]
+            for tag, _ in jobs}
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    jobs = [
+        ("set", {"method": "set", "sparsity": 0.9, "epochs": 5, "batch_size": 16, "update_interval": 20}),
+        ("rigl", {"method": "rigl", "sparsity": 0.9, "epochs": 5, "batch_size": 16, "update_interval": 20}),
+        ("dense", {"method": "dense", "epochs": 2, "batch_size": 32}),
+        ("static", {"method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 32}),
+        ("killed", {"method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32, "update_interval": 5,
+                    "max_steps": 30}),
+    ]
+    return tmp, _spawn(tmp, jobs)
+
+
+@pytest.mark.parametrize("tag", ["set", "rigl"])
+def test_ranks_agree_on_masks_rate_and_weights(two_rank_runs, tag):
+    _, runs = two_rank_runs
+    r0, r1 = runs[tag]
+    assert r0["steps"] == r1["steps"] >= 200  # a few hundred steps: 5 epochs x 41 per rank
+    assert r0["updates"] == r1["updates"] > 5
+    assert r0["rate"] == r1["rate"] > 0.15
+    for k in r0["masks"]:
+        assert torch.equal(r0["masks"][k], r1["masks"][k]), k
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+
+
+@pytest.mark.parametrize("tag, sparsity", [("dense", None), ("static", 0.8)])
+def test_two_ranks_of_b_match_one_rank_of_2b(two_rank_runs, tmp_path, tag, sparsity):
+    _, runs = two_rank_runs
+    over = {"method": tag, "epochs": 2, "batch_size": 64, "out_dir": str(tmp_path), "name": "one"}
+    if sparsity:
+        over["sparsity"] = sparsity
+    one = Trainer(load_config(None, {**BASE, **over}))
+    one.fit()
+    ddp = runs[tag][0]
+    for k, v in one.model.state_dict().items():
+        torch.testing.assert_close(ddp["model"][k], v, rtol=1e-4, atol=1e-5)
+    for k, m in one.sparsifier.masks().items():
+        assert torch.equal(ddp["masks"][k], m)
+
+
+def test_two_rank_checkpoint_resumes_on_one_rank(two_rank_runs):
+    tmp, runs = two_rank_runs
+    from itop.checkpoint import load_latest
+
+    killed = runs["killed"][0]
+    assert killed["steps"] == 30  # 21 steps per epoch with 2 ranks: checkpoint at step 21
+    path, state = load_latest(tmp / "killed" / "run" / "checkpoints")
+    assert state["progress"]["step"] == 21 and state["progress"]["world_size"] == 2
+    ever = state["sparsifier"]["tracker"]["layers"]
+    rate_at_checkpoint = sum(int(v["ever"].sum()) for v in ever.values()) / sum(v["ever"].numel() for v in ever.values())
+    t = Trainer(load_config(None, {**BASE, "method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32,
+                                   "update_interval": 5, "out_dir": str(tmp / "killed"), "name": "run",
+                                   "resume": "auto"}))
+    s = t.fit()
+    assert s["completed"] and t.progress.epoch == 2
+    # Epoch 2 runs on one rank from its start: 21 steps before, 41 per epoch now.
+    assert t.progress.step == 21 + t.steps_per_epoch
+    assert s["itop_rate"] >= rate_at_checkpoint > 0.1  # R_s carried over and never decreases
+    assert len(t.sparsifier.history) > len(state["sparsifier"]["history"])  # updates continued
+    counts = {k: int(m.sum()) for k, m in t.sparsifier.masks().items()}
+    assert counts == {k: int(m.sum()) for k, m in killed["masks"].items()}
