@@ -73,3 +73,13 @@ def test_every_sparsifier_key_is_a_run_config_key():
     from itop.methods import SparseConfig
 
     assert set(SparseConfig.keys()) <= set(RunConfig.keys())
+
+
+def test_every_shipped_config_is_valid():
+    import pathlib
+
+    files = sorted((pathlib.Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+    assert len(files) >= 12
+    for f in files:
+        c = load_config(f)
+        assert c.resolved()["update_interval"] in (1500, 4000), f
