@@ -44,7 +44,8 @@ class RunConfig:
     uses a GradScaler), ``channels_last``, ``compile`` (``torch.compile`` the model),
     ``dist_backend`` (auto/nccl/gloo under torchrun).
     Sparsity: ``method``, ``sparsity`` and every :class:`~itop.methods.SparseConfig` key.
-    Run control: ``seed``, ``device``, ``out_dir``, ``name``, ``eval_every``,
+    Run control: ``threads`` (torch CPU threads of this process; default: torch's choice),
+    ``seed``, ``device``, ``out_dir``, ``name``, ``eval_every``,
     ``checkpoint_every_steps``, ``keep_checkpoints``, ``resume``, ``max_steps`` (stop early,
     for smoke tests), ``tensorboard``, ``progress``.
     """
@@ -110,6 +111,7 @@ class RunConfig:
     rounds: int | None = None
     rewind_step: int | None = None
     # run control
+    threads: int | None = None
     seed: int = 0
     device: str = "auto"
     out_dir: str = "runs"
@@ -193,6 +195,8 @@ class RunConfig:
             raise ConfigError("warmup_epochs, weight_decay and checkpoint_every_steps must be >= 0")
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps)
+        if self.threads is not None:
+            _positive("threads", self.threads)
         self.sparse_config().validate()  # unknown sparse names and bad values surface now
         return self
 

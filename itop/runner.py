@@ -201,6 +201,8 @@ class Trainer:
     ):
         self.cfg = cfg
         self.on_step = on_step
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         distributed.init_from_env(cfg.dist_backend)
         self.device = resolve_device(cfg.device)
         self.rank = distributed.rank()
@@ -557,6 +559,10 @@ class Trainer:
             "reliable_itop_rate": stats["reliable_itop_rate"],
             "updates": stats["updates"],
             "lifetime": {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("lifetime/")},
+            # lifetime in steps -> number of pruned weights that lived that long
+            "lifetime_histogram": {str(k): v for k, v in sorted(self.sparsifier.tracker.lifetimes.items())},
+            "update_interval": self.sparsifier.update_schedule.interval,
+            "batch_size": self.cfg.batch_size, "multiplier": self.cfg.multiplier,
             **summarize(self.flop_profile, self._densities, self.flops),
             "wall_time_s": p.elapsed,
             "run_dir": str(self.run_dir),
