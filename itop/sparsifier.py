@@ -215,12 +215,12 @@ class Sparsifier:
         self._layers = self._build_layers(masks)
         for layer in self._layers:
             self.tracker.register(layer.name, layer.active, layer.numel, 0)
+        self._refresh_mask_lists()
         self.apply_masks()
         if sparse_init:
             with torch.no_grad():
                 for layer in self._masked():
                     rescale_to_sparse_fan_in(layer.param, layer.mask)
-        self._refresh_mask_lists()
         if optimizer is not None:
             self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
         log.info(
@@ -304,14 +304,11 @@ class Sparsifier:
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero every inactive weight (called automatically after each optimizer step)."""
-        masked = self._masked()
-        if masked:
-            torch._foreach_mul_([layer.param for layer in masked], [layer.mask for layer in masked])
-
-    @torch.no_grad()
-    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         if self._mask_params:
             torch._foreach_mul_(self._mask_params, self._mask_tensors)
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self.apply_masks()
 
     def step(self, skip_update: bool = False) -> dict[str, Any] | None:
         """Advance one training step; call once after every ``optimizer.step()``.
@@ -351,8 +348,10 @@ class Sparsifier:
 
         Each sparse layer drops ``floor(f * active)`` of its active weights by the prune
         criterion, then grows as many by the grow criterion among all weights not kept (so a
-        weight dropped now may be regrown, as in RigL). Grown weights get their initial value
-        (zero by default); pruned and grown weights have their optimizer state zeroed.
+        weight dropped now may be regrown, as in RigL). With a sparsity schedule (gradual
+        pruning) a layer also drops the weights above its scheduled count, without regrowing
+        them. Grown weights get their initial value (zero by default); pruned and grown weights
+        have their optimizer state zeroed.
 
         Args:
             drop_fraction: Override the scheduled fraction ``f``.

@@ -12,7 +12,6 @@ import fnmatch
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from .errors import ConfigError
@@ -135,11 +134,3 @@ class TargetSelector:
                     f"[0, 1)); got density {d}"
                 )
         return fixed
-
-
-def module_param_names(model: nn.Module) -> dict[int, str]:
-    """Map ``id(param)`` to its name in ``model`` (after unwrapping)."""
-    return {id(p): n for n, p in unwrap_model(model).named_parameters()}
-
-
-_ = torch  # torch is used in type hints via nn
