@@ -117,6 +117,17 @@ def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _delegate(module: str):
+    """Hand a subcommand's arguments to ``itop.<module>.main`` (which parses them itself)."""
+
+    def run(args: argparse.Namespace, extra: list[str]) -> int:
+        import importlib
+
+        return importlib.import_module(f"itop.{module}").main(list(args.args) + list(extra))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import RunConfig
 
@@ -136,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_eval)
+    for name, help_text in (("sweep", "run a grid of trainings from a sweep file (itop sweep -h)"),
+                            ("report", "tables and plots from run folders (itop report -h)")):
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(name))
     p = sub.add_parser("list", help="list methods, models and datasets")
     p.add_argument("what", nargs="?", choices=["methods", "models", "datasets"])
     p.set_defaults(func=cmd_list)

@@ -29,6 +29,11 @@ def test_train_smoke_prints_results_and_writes_outputs(tmp_path, capsys):
     assert result["zero_weights_fraction"] >= result["sparsity"]
     assert result["itop_rate"] == pytest.approx(summary["itop_rate"])
 
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert main(["report", str(tmp_path / "report")]) == 2  # no runs there: one-line error
+    assert capsys.readouterr().err.strip().startswith("itop: error:")
+
 
 def test_list_shows_everything(capsys):
     assert main(["list"]) == 0

@@ -213,3 +213,10 @@ def test_compiled_model_keeps_working_across_topology_updates(tmp_path):
     plain.fit()
     for name, m in plain.sparsifier.masks().items():
         assert torch.equal(m, t.sparsifier.masks()[name])
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    Trainer(cfg(tmp_path, epochs=1, tensorboard=True)).fit()
+    events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
