@@ -20,11 +20,12 @@ import yaml
 from .errors import ConfigError
 from .methods import SparseConfig, get_method, resolve_config
 
-__all__ = ["RunConfig", "SPARSE_KEYS", "dump_config", "load_config", "parse_overrides"]
+__all__ = ["NEVER", "RunConfig", "SPARSE_KEYS", "coerce_value", "dump_config", "load_config", "parse_overrides"]
 
 SPARSE_KEYS = [k for k in SparseConfig.keys() if k not in ("sparsity", "seed")]
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+NEVER = "never"  # update_interval value: no topology updates
 
 
 @dataclass
@@ -88,7 +89,7 @@ class RunConfig:
     erk_power_scale: float | None = None
     prune: str | None = None
     grow: str | None = None
-    update_interval: int | None = None
+    update_interval: int | str | None = None
     update_start: int | None = None
     update_end: float | None = None
     drop_fraction: float | None = None
@@ -132,8 +133,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def sparse_overrides(self) -> dict[str, Any]:
-        """The sparsifier keys the user set (``None`` ones fall back to the method preset)."""
+        """The sparsifier keys the user set (``None`` ones fall back to the method preset).
+
+        ``update_interval: never`` means no topology updates with this method (a static mask
+        that keeps every other setting of the method).
+        """
         out = {k: getattr(self, k) for k in SPARSE_KEYS if getattr(self, k) is not None}
+        if out.get("update_interval") == NEVER:
+            out["update_interval"] = None
         out["sparsity"] = self.sparsity
         out["seed"] = self.seed
         return out
@@ -147,6 +154,8 @@ class RunConfig:
         sparse = self.sparse_config().to_dict()
         for k in SPARSE_KEYS + ["sparsity"]:
             out[k] = sparse[k]
+        if out["update_interval"] is None:  # written so that reading it back means the same
+            out["update_interval"] = NEVER
         return out
 
     def run_name(self) -> str:
@@ -197,6 +206,10 @@ class RunConfig:
             _positive("max_steps", self.max_steps)
         if self.threads is not None:
             _positive("threads", self.threads)
+        if isinstance(self.update_interval, str) and self.update_interval != NEVER:
+            raise ConfigError(
+                f"update_interval must be a number of steps or 'never', got '{self.update_interval}'"
+            )
         self.sparse_config().validate()  # unknown sparse names and bad values surface now
         return self
 
@@ -225,10 +238,12 @@ def _check_key(key: str, source: str) -> str:
 _TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Type-check one value against the field's annotation (ints given for floats are fine)."""
-    if value is None:
-        return None
+def coerce_value(key: str, value: Any) -> Any:
+    """Type-check one config value against its field (ints given for floats are fine)."""
+    if value is None or (key == "update_interval" and value == NEVER):
+        return value
+    if key == "update_interval" and isinstance(value, str):
+        raise ConfigError(f"update_interval must be a number of steps or '{NEVER}', got '{value}'")
     kind = _TYPES[key]
     if kind.startswith("float") and not isinstance(value, bool):
         if isinstance(value, int):
@@ -306,7 +321,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         values[_check_key(str(key), str(source))] = value
     for key, value in (overrides or {}).items():
         values[_check_key(key, "the overrides")] = value
-    values = {k: _coerce(k, v) for k, v in values.items()}
+    values = {k: coerce_value(k, v) for k, v in values.items()}
     return RunConfig(**values).validate()
 
 

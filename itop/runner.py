@@ -285,8 +285,20 @@ class Trainer:
         return batches
 
     def _capture(self) -> None:
+        """Keep (and write to ``rewind.pt``) the weights at ``capture_step``, for IMP rewinding."""
         if self.capture_step is not None and self.progress.step == self.capture_step:
             self.captured = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if self.is_main:
+                save_checkpoint({"format": "itop-rewind", "step": self.capture_step, "model": self.captured},
+                                self.run_dir / "rewind.pt")
+
+    def load_captured(self) -> dict[str, torch.Tensor] | None:
+        """The captured weights, also when this run was restored past ``capture_step``."""
+        if self.captured is None and (self.run_dir / "rewind.pt").is_file():
+            state = load_checkpoint(self.run_dir / "rewind.pt", map_location=self.device)
+            if state.get("step") == self.capture_step:
+                self.captured = state["model"]
+        return self.captured
 
     def _layer_densities(self) -> dict[str, float]:
         return {s.name: s.density for s in self.sparsifier.layer_stats()}
@@ -658,7 +670,7 @@ def train_imp(cfg: RunConfig, on_step: Callable[[int, int, int], None] | None = 
         summary = trainer.fit()
         summaries.append(summary)
         if k == 0:
-            if trainer.captured is None:
+            if trainer.load_captured() is None:
                 raise ConfigError(
                     f"rewind_step {sc.rewind_step} is beyond round 0's {trainer.progress.step} steps; lower it"
                 )

@@ -220,3 +220,20 @@ def test_tensorboard_events_when_installed(tmp_path):
     Trainer(cfg(tmp_path, epochs=1, tensorboard=True)).fit()
     events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
+
+
+def test_imp_resumes_after_its_first_round(tmp_path):
+    import shutil
+
+    from itop.runner import train_imp
+
+    c = cfg(tmp_path, method="imp", epochs=1, rounds=1, rewind_step=2, sparsity=0.8)
+    first = train_imp(c)
+    assert (tmp_path / "run" / "round-0" / "rewind.pt").is_file()
+    # Lose round 1 entirely: round 0 is restored from its last checkpoint (past the rewind
+    # step), so the rewind weights must come from rewind.pt.
+    shutil.rmtree(tmp_path / "run" / "round-1")
+    again = train_imp(cfg(tmp_path, method="imp", epochs=1, rounds=1, rewind_step=2, sparsity=0.8,
+                          resume="auto"))
+    for key in ("test_acc_selected", "final_test_acc", "sparsity", "itop_rate"):
+        assert again[key] == first[key], key

@@ -1,0 +1,274 @@
+"""Sweeps: expansion, validation before any run starts, running, skipping and resuming."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from itop.config import NEVER, RunConfig
+from itop.errors import ConfigError
+from itop.sweep import SCALES, _stop, expand, main, plan_sweep, run_sweep
+
+STUDIES = Path(__file__).resolve().parent.parent / "configs" / "studies"
+
+
+def write(tmp_path, data, name="sweep.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def sweep_file(tmp_path, **changes):
+    data = {
+        "name": "demo",
+        "base": {"dataset": "digits", "epochs": 1, "reliable_steps": 5},
+        "grid": {"seed": [0, 1], "method": ["rigl", "set"], "update_interval": [10, 40, "never"]},
+        "scales": {"smoke": {"grid": {"seed": [0]}, "base": {"epochs": 2}}, "cpu": {}, "paper": {}},
+    }
+    data.update(changes)
+    return write(tmp_path, data)
+
+
+# -- expansion ---------------------------------------------------------------------------------
+
+
+def test_expand_product_names_and_scales(tmp_path):
+    path = sweep_file(tmp_path)
+    runs = expand(path, "cpu", out_dir=tmp_path / "out")
+    assert len(runs) == 2 * 2 * 3
+    names = [r.name for r in runs]
+    assert len(set(names)) == len(names)
+    assert names == [r.name for r in expand(path, "cpu", out_dir=tmp_path / "out")]  # deterministic
+    assert names[:3] == ["rigl-dt10-seed0", "rigl-dt40-seed0", "rigl-dtnever-seed0"]
+    assert all(r.out_dir == tmp_path / "out" / "demo-cpu" for r in runs)
+    assert runs[0].run_dir == tmp_path / "out" / "demo-cpu" / "rigl-dt10-seed0"
+    never = runs[2].config
+    assert never["update_interval"] == NEVER and never["name"] == runs[2].name
+    assert never["out_dir"] == str(tmp_path / "out" / "demo-cpu")
+    RunConfig(**never).validate()  # the full mapping is a valid config
+    assert set(never) == set(RunConfig.keys())
+    assert never["progress"] == "none" and never["tensorboard"] is False
+
+    smoke = expand(path, "smoke", out_dir=tmp_path)
+    assert len(smoke) == 6  # one seed: the seed no longer varies and leaves the names
+    assert [r.name for r in smoke][:2] == ["rigl-dt10", "rigl-dt40"]
+    assert all(r.config["epochs"] == 2 and r.config["seed"] == 0 for r in smoke)
+
+
+def test_default_out_dir_comes_from_the_sweep(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = expand(sweep_file(tmp_path), "paper")
+    assert runs[0].out_dir == Path("runs") / "demo-paper"
+    path = sweep_file(tmp_path, base={"out_dir": "results", "reliable_steps": 5})
+    assert expand(path, "paper")[0].out_dir == Path("results") / "demo-paper"
+
+
+def test_null_means_the_method_preset_and_identical_configs_run_once(tmp_path):
+    path = sweep_file(tmp_path, grid={"method": ["rigl", "set", "dense"], "update_interval": [100, None],
+                                      "sparsity": [0.9, 0.95]})
+    plan = plan_sweep(path, "cpu", out_dir=tmp_path)
+    # rigl/set: null resolves to the preset ΔT 100, the same config as 100; dense ignores both
+    # ΔT and sparsity: 2 methods x 2 sparsities + 1 dense run.
+    assert [r.name for r in plan.runs] == ["rigl-s0.9-dt100", "rigl-s0.95-dt100", "set-s0.9-dt100",
+                                          "set-s0.95-dt100", "dense-s0-dtnever"]
+    assert plan.duplicates == 12 - 5
+    assert plan.runs[0].config["update_interval"] == 100
+
+
+def test_runs_extra_rules_and_exclude(tmp_path):
+    path = sweep_file(
+        tmp_path,
+        grid={"seed": [0, 1], "method": ["static", "rigl-itop"], "sparsity": [0.9, 0.98]},
+        runs_extra=[{"method": "rigl-itop", "multiplier": 2}, {"method": "imp", "sparsity": 0.9, "seed": 0}],
+        rules=[{"when": {"method": "rigl-itop"}, "set": {"update_interval": 7}},
+               {"when": {"method": "imp"}, "set": {"rounds": 2}}],
+        exclude=[{"method": "static", "sparsity": 0.98}],
+    )
+    plan = plan_sweep(path, "cpu", out_dir=tmp_path)
+    by_name = {r.name: r.config for r in plan.runs}
+    # grid 8 - 2 excluded, + rigl-itop x2 crossed with seed and sparsity (4), + one imp run
+    assert len(plan.runs) == 6 + 4 + 1 and plan.excluded == 2
+    assert "static-s0.98-x1-seed0" not in by_name
+    assert by_name["rigl-itop-s0.98-x2-seed1"]["multiplier"] == 2.0
+    assert by_name["rigl-itop-s0.98-x2-seed1"]["update_interval"] == 7  # rules apply to extras
+    assert by_name["rigl-itop-s0.9-x1-seed0"]["update_interval"] == 7
+    assert by_name["imp-s0.9-x1-seed0"]["rounds"] == 2
+    assert by_name["static-s0.9-x1-seed0"]["rounds"] is None
+    assert plan.varying == ["method", "sparsity", "multiplier", "seed"]  # rule-set keys stay out
+
+
+def test_scale_lists_replace_the_top_level_ones(tmp_path):
+    path = sweep_file(tmp_path, exclude=[{"method": "set"}],
+                      scales={"smoke": {"exclude": []}, "cpu": {}, "paper": {}})
+    assert len(expand(path, "cpu", tmp_path)) == 6
+    assert len(expand(path, "smoke", tmp_path)) == 12
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"grid": {"method": ["rigl", "rigll"]}}, "unknown method 'rigll'; did you mean 'rigl'?"),
+    ({"grid": {"method": ["rigl"], "sparsity": [0.9, 1.5]}}, "sparsity must be in [0, 1)"),
+    ({"grid": {"updte_interval": [10]}}, "unknown config key 'updte_interval'"),
+    ({"grid": {"seed": 3}}, "must be a non-empty list"),
+    ({"base": {"batch_sise": 3}}, "did you mean 'batch_size'?"),
+    ({"runs_extra": [{"mehtod": "set"}]}, "runs_extra[0]"),
+    ({"rules": [{"when": {"method": "set"}}]}, "exactly the keys `when` and `set`"),
+    ({"grids": {}}, "unknown key 'grids' at the top of"),
+    ({"scales": {"cpu": {"gird": {}}}}, "did you mean 'grid'?"),
+    ({"scales": {"laptop": {}}}, "unknown scale 'laptop'"),
+    ({"scales": {"smoke": {}}}, "has no scale 'cpu'"),
+    ({"base": {"name": "x"}}, "the sweep names every run"),
+    ({"base": {"batch_size": "big"}}, "batch_size' expects int"),
+    ({"base": {"dataset": "digits"}}, "needs reliable_steps"),
+])
+def test_invalid_sweeps_fail_before_any_run_starts(tmp_path, changes, message):
+    path = sweep_file(tmp_path, **changes)
+    with pytest.raises(ConfigError) as e:
+        run_sweep(path, "cpu", out_dir=tmp_path / "out", jobs=2)
+    assert message in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_names_the_bad_run(tmp_path):
+    path = sweep_file(tmp_path, grid={"method": ["rigl", "set"], "drop_schedule": ["cosine", "cosin"]})
+    with pytest.raises(ConfigError, match=r"run with method='rigl', drop_schedule='cosin'.*did you mean 'cosine'"):
+        expand(path, "cpu")
+
+
+def test_overrides_apply_to_every_run_but_not_to_varied_keys(tmp_path):
+    path = sweep_file(tmp_path)
+    runs = expand(path, "cpu", tmp_path, overrides={"data_dir": "/data", "data-dir": "/data"})
+    assert {r.config["data_dir"] for r in runs} == {"/data"}
+    with pytest.raises(ConfigError, match="cannot override seed"):
+        expand(path, "cpu", tmp_path, overrides={"seed": 3})
+
+
+# -- the packaged studies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("study", ["itop-rate", "batch-size", "extreme-sparsity"])
+def test_packaged_studies_expand_and_validate_at_every_scale(study):
+    path = STUDIES / f"{study}.yaml"
+    plans = {scale: plan_sweep(path, scale, out_dir="runs") for scale in SCALES}
+    smoke, cpu, paper = (plans[s].runs for s in SCALES)
+    assert 1 < len(smoke) <= 8
+    assert all(r.config["dataset"] == "digits" and r.config["model"] == "lenet-300-100"
+               and r.config["epochs"] == 1 and r.config["seed"] == 0 for r in smoke)
+    assert all(r.config["dataset"] == "fashion-mnist" for r in cpu)
+    assert {r.config["seed"] for r in cpu} == {0, 1, 2}
+    assert all(r.config["dataset"] == "cifar10" and r.config["epochs"] == 250 and r.config["batch_size"]
+               in ((128,) if study != "batch-size" else (32, 64, 128, 256, 512)) for r in paper)
+    assert {r.config["model"] for r in paper} == {"vgg-c", "resnet-34"}
+    assert len(cpu) < len(paper)
+
+
+def test_itop_rate_study_fixes_reliable_steps_and_sweeps_to_never():
+    runs = expand(STUDIES / "itop-rate.yaml", "cpu")
+    assert {r.config["reliable_steps"] for r in runs} == {100}
+    assert {r.config["update_end"] for r in runs} == {1.0}
+    assert NEVER in {r.config["update_interval"] for r in runs}
+    assert {r.config["method"] for r in runs} == {"rigl", "set"}
+
+
+def test_extreme_sparsity_study_runs_dense_once_per_model_and_seed():
+    runs = expand(STUDIES / "extreme-sparsity.yaml", "cpu")
+    dense = [r for r in runs if r.config["method"] == "dense"]
+    assert len(dense) == 2 * 3
+    lenet5 = [r for r in runs if r.config["model"] == "lenet-5-caffe" and r.config["method"] != "dense"]
+    assert {r.config["sparsity"] for r in lenet5} == {0.98, 0.99}
+    assert {r.config["rounds"] for r in runs if r.config["method"] == "imp"} == {3}
+    assert {r.config["multiplier"] for r in runs if r.config["method"] == "rigl-itop"} == {1.0, 2.0}
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def test_stop_interrupts_then_terminates_children():
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen([sys.executable, "-c",
+                                 "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                 "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    stubborn.stdout.readline()
+    start = time.monotonic()
+    _stop({polite: None, stubborn: None}, grace=1.0)
+    assert time.monotonic() - start < 10
+    assert polite.returncode is not None and stubborn.returncode is not None
+    stubborn.stdout.close()
+
+
+def test_run_skip_and_resume(tmp_path):
+    path = write(tmp_path, {
+        "name": "tiny",
+        "base": {"dataset": "digits", "epochs": 2, "batch_size": 256, "sparsity": 0.9, "update_interval": 2},
+        "grid": {"method": ["static", "rigl"]},
+        "scales": {"smoke": {}},
+    })
+    out = tmp_path / "out"
+    lines = []
+    results = run_sweep(path, "smoke", out_dir=out, jobs=2, progress=lines.append)
+    assert [(r.name, r.status) for r in results] == [("static", "done"), ("rigl", "done")]
+    for r in results:
+        summary = json.loads((r.run_dir / "summary.json").read_text())
+        assert summary["completed"] is True and r.summary["completed"] is True
+        assert r.log.exists() and (r.run_dir / "sweep-run.yaml").exists()
+        assert r.seconds > 0
+    assert any("[2/2]" in line and "ETA" in line for line in lines)
+
+    again = run_sweep(path, "smoke", out_dir=out, jobs=2)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+
+    # An interrupted run: checkpoint of epoch 1, no summary -> resumed, not restarted.
+    rigl = results[1].run_dir
+    checkpoints = sorted((rigl / "checkpoints").glob("ckpt-step*.pt"))
+    assert len(checkpoints) == 2
+    checkpoints[-1].unlink()
+    (rigl / "summary.json").unlink()
+    resumed = run_sweep(path, "smoke", out_dir=out, jobs=2)
+    assert [r.status for r in resumed] == ["skipped", "done"]
+    assert "resumed from" in resumed[1].log.read_text()
+    epochs = [json.loads(line) for line in (rigl / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in epochs if m.get("type") == "epoch"] == [1, 2]
+
+    # The same folders with a changed config are reported, not reused.
+    data = yaml.safe_load(path.read_text())
+    data["base"]["epochs"] = 3
+    path.write_text(yaml.safe_dump(data))
+    changed = run_sweep(path, "smoke", out_dir=out, jobs=2)
+    assert [r.status for r in changed] == ["failed", "failed"]
+    assert "epochs=2" in changed[0].error and "epochs=3" in changed[0].error
+
+
+def test_failed_run_is_reported_and_others_go_on(tmp_path):
+    path = write(tmp_path, {
+        "name": "bad",
+        "base": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "nowhere"), "download": False,
+                 "epochs": 1},
+        "grid": {"dataset": ["fashion-mnist", "digits"]},  # digits is bundled: no data_dir needed
+        "scales": {"smoke": {}},
+    })
+    lines = []
+    results = run_sweep(path, "smoke", out_dir=tmp_path / "out", jobs=2, progress=lines.append)
+    assert [r.status for r in results] == ["failed", "done"]
+    assert results[0].error.startswith("exit 2: itop: error:")
+    assert results[0].log == results[0].run_dir / "sweep.log"
+    assert any("failed" in line and f"log: {results[0].log}" in line for line in lines)
+
+
+def test_main_dry_run_and_errors(tmp_path, capsys):
+    path = sweep_file(tmp_path)
+    assert main(["-c", str(path), "--scale", "smoke", "--out-dir", str(tmp_path / "o"), "--dry-run",
+                 "--data-dir", "/data"]) == 0
+    out = capsys.readouterr().out
+    assert "demo at scale smoke: 6 runs" in out and "varying: method, update_interval" in out
+    assert "planned" in out and "rigl-dtnever" in out
+    assert not (tmp_path / "o").exists()
+    assert main(["-c", str(tmp_path / "missing.yaml")]) == 2
+    assert "itop: error: cannot read sweep file" in capsys.readouterr().err
+    assert main(["-c", str(path), "--seed", "4"]) == 2
+    assert "cannot override seed" in capsys.readouterr().err
