@@ -171,20 +171,23 @@ def quantiles(values: Sequence[float], qs: Sequence[float] = (0.25, 0.5, 0.75)) 
 
 
 def bootstrap_ratio_ci(
-    num: Sequence[float], den: Sequence[float], *, reps: int = 2000, seed: int = 0
+    num_rounds: Sequence[Sequence[float]], den_rounds: Sequence[Sequence[float]], *,
+    reps: int = 2000, seed: int = 0,
 ) -> tuple[float, float]:
-    """95% bootstrap interval of ``median(num) / median(den)``, resampling paired rounds.
+    """95% bootstrap interval of ``median(all num) / median(all den)``, resampling rounds.
 
-    ``num[i]`` and ``den[i]`` were measured in the same round, so rounds are resampled
-    together: slow drift of the machine moves both and cancels in the ratio.
+    ``num_rounds[i]`` and ``den_rounds[i]`` hold the step times measured in round ``i`` (the
+    same number of steps in every round). Rounds are resampled as pairs, so slow drift of the
+    machine, which moves both, cancels; each resample recomputes the same statistic as the
+    reported ratio (medians over all steps of the chosen rounds).
     """
-    a = np.asarray(num, dtype=np.float64)
-    b = np.asarray(den, dtype=np.float64)
-    if a.size == 0 or a.size != b.size:
+    a = np.asarray(num_rounds, dtype=np.float64)
+    b = np.asarray(den_rounds, dtype=np.float64)
+    if a.size == 0 or a.shape != b.shape or a.ndim != 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, a.size, size=(reps, a.size))
-    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    idx = rng.integers(0, a.shape[0], size=(reps, a.shape[0]))
+    ratios = np.median(a[idx].reshape(reps, -1), axis=1) / np.median(b[idx].reshape(reps, -1), axis=1)
     lo, hi = np.quantile(ratios, [0.025, 0.975])
     return float(lo), float(hi)
 

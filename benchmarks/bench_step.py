@@ -10,6 +10,11 @@ optimizer hook) and ``sparsifier.step()``. Two phases per model:
   topology update (drop fraction 0.3, the start of the RigL/SET cosine schedule), timed as part
   of the step.
 
+The no-update phase also runs a control variant, ``mul-only``: the dense model plus a bare
+optimizer post-step hook doing the same ``torch._foreach_mul_`` over random 90%-sparse masks,
+without itop. Its ratio is the floor any post-step masking scheme pays; the gap between it and
+the itop variants is itop's own bookkeeping.
+
 Within a phase the dense model and the masked variants are run in interleaved rounds: each
 round runs every variant for a block of steps, in an order rotated from round to round, so
 machine drift and contention hit all variants alike. Each variant owns its model, optimizer,
@@ -17,7 +22,8 @@ data and sparsifier; all start from the same initial weights and batches.
 
 Reported per configuration: median step time of dense and masked over all timed steps, their
 ratio (the figure the targets apply to), the interquartile range of the paired per-round ratios
-and a 95% bootstrap interval of the ratio (resampling rounds). The last line of output is one
+(ratio of the two per-round medians) and a 95% bootstrap interval of the ratio (resampling whole
+rounds, dense and masked together). The last line of output is one
 line of JSON with every figure.
 
 Usage (from the repository root)::
@@ -87,6 +93,7 @@ CASES = {
                            update_rounds=6, update_block=1),
 }
 NUM_CLASSES = 10
+CONTROL = "mul-only"  # control variant: dense model + a bare mask-multiply hook, no sparsifier
 DATA_BATCHES = 4  # distinct random batches cycled through (same for every variant)
 
 
@@ -104,7 +111,9 @@ class Variant:
         self.model.train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.sparsifier = None
-        if method is not None:
+        if method == CONTROL:
+            self._add_mask_multiply_hook(sparsity, seed)
+        elif method is not None:
             self.sparsifier = itop.build(
                 method, self.model, self.optimizer, sparsity=sparsity, update_interval=interval,
                 total_steps=TOTAL_STEPS, seed=seed,
@@ -118,6 +127,19 @@ class Variant:
         self._i = 0
         self.rounds: list[list[float]] = []  # timed step seconds, one list per round
         self.update_seconds: list[float] = []  # the engine's own timing of each update
+
+    def _add_mask_multiply_hook(self, sparsity: float, seed: int) -> None:
+        """Control: the same post-step ``_foreach_mul_`` over Linear/Conv weights, no itop."""
+        gen = torch.Generator().manual_seed(seed + 2)
+        params = [m.weight for m in self.model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        masks = [(torch.rand(p.shape, generator=gen) >= sparsity).to(p.dtype) for p in params]
+
+        @torch.no_grad()
+        def hook(optimizer, args, kwargs) -> None:
+            torch._foreach_mul_(params, masks)
+
+        hook(None, (), {})
+        self.optimizer.register_step_post_hook(hook)
 
     def step(self) -> dict[str, Any] | None:
         x, y = self.batches[self._i % DATA_BATCHES]
@@ -143,9 +165,11 @@ def run_rounds(variants: list[Variant], rounds: int, block: int, warmup_rounds: 
 
     A round during which other processes used more than ``max_other_cpu`` of the machine is
     discarded as a whole (all variants together, so the pairing is kept) and run again; at most
-    ``rounds`` rounds are discarded, after which contended rounds are kept and reported.
+    ``max(3, rounds // 4)`` rounds are discarded (bounding the run time on a busy machine), after
+    which contended rounds are kept; the count and the contention are reported.
     """
     n = len(variants)
+    max_rejected = max(3, rounds // 4)
     kept = rejected = r = 0
     other: list[float] = []
     with no_gc():
@@ -166,7 +190,7 @@ def run_rounds(variants: list[Variant], rounds: int, block: int, warmup_rounds: 
             if r <= warmup_rounds:
                 continue
             frac = monitor.fraction()
-            if frac is not None and frac > max_other_cpu and rejected < rounds:
+            if frac is not None and frac > max_other_cpu and rejected < max_rejected:
                 rejected += 1
                 continue
             for v, times, updates in pending:
@@ -188,7 +212,7 @@ def summarize(case: ModelCase, dense: Variant, v: Variant, update: bool,
     d_r, m_r = dense.round_values(), v.round_values()
     paired = [m / d for m, d in zip(m_r, d_r, strict=True)]
     p_q = quantiles(paired)
-    lo, hi = bootstrap_ratio_ci(m_r, d_r)
+    lo, hi = bootstrap_ratio_ci(v.rounds, dense.rounds)
     ratio = m_q[1] / d_q[1]
     out: dict[str, Any] = {
         "model": case.name,
@@ -212,7 +236,7 @@ def summarize(case: ModelCase, dense: Variant, v: Variant, update: bool,
         u = quantiles(v.update_seconds) if v.update_seconds else [float("nan")] * 3
         out["update_ms"] = round(u[1] * 1e3, 3)
         out["updates"] = len(v.update_seconds)
-    else:
+    elif v.method != CONTROL:
         out["target"] = case.target
         out["verdict"] = verdict(ratio, case.target)
     return out
@@ -249,7 +273,7 @@ def component_overheads(case: ModelCase, v: Variant, dense_ms: float, reps: int)
 
 
 def run_case(case: ModelCase, methods: list[str], sparsities: list[float], with_update: bool,
-             seed: int, max_other_cpu: float) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+             seed: int, max_other_cpu: float, control: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     results: list[dict[str, Any]] = []
     overhead = None
     phases = [False, True] if with_update else [False]
@@ -258,6 +282,8 @@ def run_case(case: ModelCase, methods: list[str], sparsities: list[float], with_
         interval = 1 if update else NEVER
         dense = Variant(case, None, 0.0, interval, seed)
         masked = [Variant(case, m, s, interval, seed) for m in methods for s in sparsities]
+        if not update and control:
+            masked.append(Variant(case, CONTROL, sparsities[0], interval, seed))
         rounds = case.update_rounds if update else case.rounds
         block = case.update_block if update else case.block
         quality = run_rounds([dense, *masked], rounds, block, case.warmup_rounds, max_other_cpu)
@@ -293,7 +319,8 @@ def _print_rows(rows: list[dict[str, Any]], update: bool) -> None:
             f"[{r['dense_iqr_ms'][0]:.2f}, {r['dense_iqr_ms'][1]:.2f}]",
             f"[{r['masked_iqr_ms'][0]:.2f}, {r['masked_iqr_ms'][1]:.2f}]",
         ]
-        row += [f"{r['update_ms']:.2f}"] if update else [f"<= {r['target']:.2f}", r["verdict"]]
+        row += [f"{r['update_ms']:.2f}"] if update else [
+            f"<= {r['target']:.2f}" if "target" in r else "(control)", r.get("verdict", "-")]
         table.append(row)
     print_table(headers, table)
 
@@ -314,11 +341,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None,
                    help="override every model's batch (defaults: LeNets 128, ResNet-18 32)")
     p.add_argument("--no-update-steps", action="store_true", help="skip the phase with topology updates")
+    p.add_argument("--no-control", action="store_true",
+                   help=f"skip the '{CONTROL}' control variant (dense + bare _foreach_mul_ hook, no itop)")
     p.add_argument("--keep-denormals", action="store_true",
                    help="do not enable torch.set_flush_denormal (default: flush, for stable timings)")
     p.add_argument("--max-other-cpu", type=float, default=0.10,
                    help="discard and re-run a round when other processes used more than this share "
-                        "of the machine's CPU during it (1 disables; at most as many discards as rounds)")
+                        "of the machine's CPU during it (1 disables; at most a quarter of the rounds)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -347,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch_size or case.batch,
         )
         rows, overhead = run_case(case, args.methods, args.sparsities, not args.no_update_steps,
-                                  args.seed, args.max_other_cpu)
+                                  args.seed, args.max_other_cpu, not args.no_control)
         results += rows
         if overhead is not None:
             overheads.append(overhead)
@@ -362,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['dense_ms']:.3f}", f"{r['masked_ms']:.3f}", f"{r['ratio']:.3f}",
             f"[{r['ratio_ci95'][0]:.3f}, {r['ratio_ci95'][1]:.3f}]",
             f"{r['update_ms']:.2f}" if r["update"] else "-",
-            f"<= {r['target']:.2f}" if not r["update"] else "-",
+            f"<= {r['target']:.2f}" if "target" in r else ("(control)" if r["method"] == CONTROL else "-"),
             r.get("verdict", "-"),
         ])
     print_table(["model", "method", "sparsity", "update", "dense ms", "masked ms", "ratio", "95% CI",

@@ -109,9 +109,12 @@ def per_layer_times(sp: itop.Sparsifier, drop: float) -> list[dict[str, Any]]:
         return []
     times: list[dict[str, Any]] = []
 
-    def timed_layer(layer, n, step):
+    def timed_layer(layer, *args, **kwargs):
+        # Signature-agnostic (the engine's private method may change); the first argument after
+        # the layer is the number of weights the layer drops.
         t0 = time.perf_counter()
-        out = original(layer, n, step)
+        out = original(layer, *args, **kwargs)
+        n = args[0] if args and isinstance(args[0], int) else -1
         times.append({"layer": layer.name, "numel": int(layer.numel), "active": int(layer.count),
                       "changed": int(n), "ms": (time.perf_counter() - t0) * 1e3})
         return out

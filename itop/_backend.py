@@ -17,7 +17,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["RandomState", "bottom_n", "sample_positions", "top_n"]
+__all__ = [
+    "RandomState",
+    "all_finite",
+    "bottom_n",
+    "flat_gather",
+    "flat_set_",
+    "sample_positions",
+    "top_n",
+]
 
 
 def _on_cpu(t: torch.Tensor) -> bool:
@@ -126,52 +134,56 @@ def sample_positions(
     n: int,
     rng: RandomState,
     device: torch.device,
-    allowed: torch.Tensor | None = None,
+    blocked: torch.Tensor | None = None,
     allowed_count: int | None = None,
 ) -> torch.Tensor:
-    """Draw ``n`` distinct positions uniformly from ``range(size)`` restricted to ``allowed``.
+    """Draw ``n`` distinct positions uniformly from ``range(size)``, avoiding ``blocked`` ones.
 
     Args:
         size: Number of positions.
-        n: How many to draw; must not exceed the number of allowed positions.
+        n: How many to draw; must not exceed the number of unblocked positions.
         rng: The engine's random streams.
         device: Device of the returned indices.
-        allowed: Optional 1-D bool tensor of length ``size``; only True positions may be drawn.
-        allowed_count: Number of True entries in ``allowed`` when the caller knows it.
+        blocked: Optional 1-D tensor of length ``size`` (bool, or a 0/1 mask of any dtype);
+            nonzero entries may not be drawn. Only the drawn positions are looked up when few
+            are wanted, so a weight mask can be passed as is.
+        allowed_count: Number of unblocked positions when the caller knows it.
 
     Returns:
         A 1-D int64 tensor of ``n`` distinct positions, uniform over all ``n``-subsets.
     """
     if n <= 0:
         return torch.empty(0, dtype=torch.long, device=device)
-    if allowed is None:
-        allowed_count = size
-    elif allowed_count is None:
-        allowed_count = int(allowed.sum())
+    if allowed_count is None:
+        allowed_count = size if blocked is None else size - int((blocked != 0).sum())
     if n > allowed_count:
         raise ValueError(f"cannot draw {n} positions from {allowed_count} candidates")
     if device.type != "cpu":
         gen = rng.torch_generator(device)
         keys = torch.rand(size, device=device, generator=gen)
-        if allowed is not None:
-            keys.masked_fill_(~allowed, -1.0)
+        if blocked is not None:
+            keys.masked_fill_(blocked != 0, -1.0)
         return torch.topk(keys, n, sorted=False).indices
-    allowed_np = None if allowed is None else allowed.numpy()
+    blocked_np = None
+    if blocked is not None:
+        blocked_np = _numpy_view(blocked)
+        if blocked_np is None:
+            blocked_np = (blocked != 0).numpy()
     frac = allowed_count / size
     want = n
     while True:
         draw = int(want / frac * 1.1) + 64
         if frac < 0.25 or draw * 4 > size:
             # Few candidates, or most of them wanted: list them and choose among them.
-            cand = np.arange(size) if allowed_np is None else np.flatnonzero(allowed_np)
+            cand = np.arange(size) if blocked_np is None else np.flatnonzero(blocked_np == 0)
             pick = rng.numpy.choice(cand.size, size=n, replace=False, shuffle=False)
             return torch.from_numpy(np.ascontiguousarray(cand[pick]))
         # Many candidates, few wanted: draw distinct positions from the whole range and reject
-        # the disallowed ones. Given its size, the kept set is a uniform subset of the
-        # candidates, so a uniform choice of n among it is a uniform n-subset of them.
+        # the blocked ones. Given its size, the kept set is a uniform subset of the candidates,
+        # so a uniform choice of n among it is a uniform n-subset of them.
         pos = _distinct_uniform(size, draw, rng.numpy)
-        if allowed_np is not None:
-            pos = pos[allowed_np[pos]]
+        if blocked_np is not None:
+            pos = pos[blocked_np[pos] == 0]
         if pos.size >= n:
             if pos.size > n:
                 pos = pos[rng.numpy.choice(pos.size, size=n, replace=False, shuffle=False)]
@@ -191,16 +203,44 @@ def _distinct_uniform(size: int, draw: int, gen: np.random.Generator) -> np.ndar
     return np.flatnonzero(seen)
 
 
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16, torch.int32, torch.int64, torch.bool,
+                 torch.uint8, torch.int16, torch.int8)
+
+
+def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """A writable flat numpy view of a contiguous CPU tensor (None when there is none)."""
+    if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES and t.is_contiguous():
+        return t.detach().view(-1).numpy()
+    return None
+
+
 def flat_gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``t.reshape(-1)[idx]`` in logical (row-major) order, without copying ``t``."""
     if t.is_contiguous():
-        return t.view(-1)[idx]
+        return t.view(-1).index_select(0, idx)
     return t[torch.unravel_index(idx, t.shape)]
 
 
 def flat_set_(t: torch.Tensor, idx: torch.Tensor, value: torch.Tensor | float) -> None:
-    """In place ``t.reshape(-1)[idx] = value`` for contiguous and strided (channels_last) ``t``."""
-    if t.is_contiguous():
+    """In place ``t.reshape(-1)[idx] = value`` for contiguous and strided (channels_last) ``t``.
+
+    CPU tensors are written through numpy (``np.put`` is several times faster than torch's
+    indexed assignment on CPU); callers hold ``torch.no_grad`` and write between steps.
+    """
+    view = _numpy_view(t)
+    if view is not None and idx.device.type == "cpu":
+        if isinstance(value, torch.Tensor):
+            value = value.detach().to(t.dtype).numpy()
+        np.put(view, idx.numpy(), value)
+    elif t.is_contiguous():
         t.view(-1)[idx] = value
     else:
         t[torch.unravel_index(idx, t.shape)] = value
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry is finite (numpy on CPU: far cheaper than torch there)."""
+    view = _numpy_view(t) if t.dtype.is_floating_point else None
+    if view is not None:
+        return bool(np.isfinite(view).all())
+    return bool(torch.isfinite(t).all())

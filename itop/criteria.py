@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._backend import RandomState, bottom_n, flat_gather, sample_positions, top_n
+from ._backend import RandomState, all_finite, bottom_n, flat_gather, sample_positions, top_n
 from .errors import ConfigError, DivergenceError, unknown_name
 
 __all__ = [
@@ -49,6 +49,8 @@ class LayerContext:
         name: Parameter name, e.g. ``"layer1.0.conv1.weight"``.
         weight: The parameter (masked: inactive entries are zero).
         mask: The current mask, same shape and dtype as ``weight`` (1 active, 0 inactive).
+            While ``select_grow`` runs it holds exactly the kept weights (this update's drops
+            cleared, nothing grown yet).
         active: Flat indices of the active weights *before* this update's prune.
         optimizer_state: The optimizer's state dict for this parameter (may be empty).
         ever_active: Bool tensor, True where the weight has been active at any time so far.
@@ -93,6 +95,8 @@ class Criterion:
 
     name = "criterion"
     dense_gradient = "never"
+    #: ``scores`` returns a new tensor the engine may overwrite (saves a copy per update).
+    fresh_scores = False
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         raise NotImplementedError
@@ -103,17 +107,28 @@ class Criterion:
         return ctx.active[bottom_n(s, n).to(ctx.active.device)]
 
     def select_grow(self, ctx: LayerContext, keep: torch.Tensor, n: int) -> torch.Tensor:
-        """Flat indices of the ``n`` highest-scoring weights not in ``keep`` (flat indices)."""
-        s = _finite(self.scores(ctx).reshape(-1).float().clone(), self.name, ctx)
-        s[keep] = float("-inf")
-        return top_n(s, n).to(ctx.weight.device)
+        """Flat indices of the ``n`` highest-scoring weights not in ``keep`` (flat indices).
+
+        NaN and +inf rank above every number, so if the scores hold any, some are selected:
+        checking the selected scores is enough to catch a diverged run.
+        """
+        scores = self.scores(ctx)
+        s = scores.reshape(-1)
+        if s.dtype != torch.float32:
+            s = s.float()
+        elif not self.fresh_scores or s.data_ptr() != scores.data_ptr():
+            s = s.clone()
+        s.index_fill_(0, keep, float("-inf"))
+        chosen = top_n(s, n).to(s.device)
+        _finite(s.index_select(0, chosen), self.name, ctx)
+        return chosen.to(ctx.weight.device)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
 def _finite(s: torch.Tensor, name: str, ctx: LayerContext) -> torch.Tensor:
-    if not bool(torch.isfinite(s).all()):
+    if not all_finite(s):
         raise DivergenceError(
             f"criterion '{name}' got non-finite values in '{ctx.name}' at step {ctx.step}: "
             "the loss has diverged; lower the learning rate or check the data"
@@ -143,6 +158,7 @@ class MagnitudePrune(Criterion):
     """Drop the active weights of smallest magnitude ``|w|`` (SET, RigL, ITOP)."""
 
     name = "magnitude"
+    fresh_scores = True
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         return ctx.weight.detach().abs()
@@ -197,6 +213,7 @@ class TaylorPrune(Criterion):
     """
 
     name = "taylor"
+    fresh_scores = True
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         return (ctx.weight.detach() * ctx.require_grad(self.name)).abs()
@@ -232,10 +249,10 @@ def _random_scores(ctx: LayerContext) -> torch.Tensor:
 # Grow criteria (grow the highest scores among the candidates)
 
 
-def _candidates(ctx: LayerContext, keep: torch.Tensor) -> torch.Tensor:
-    allowed = torch.ones(ctx.weight.numel(), dtype=torch.bool, device=ctx.weight.device)
-    allowed[keep] = False
-    return allowed
+def _flat_mask(ctx: LayerContext) -> torch.Tensor:
+    # During an update the mask already has this update's drops cleared and no grows set, so
+    # its nonzero entries are exactly the kept weights.
+    return ctx.mask.reshape(-1)
 
 
 class RandomGrowth(Criterion):
@@ -248,9 +265,7 @@ class RandomGrowth(Criterion):
 
     def select_grow(self, ctx: LayerContext, keep: torch.Tensor, n: int) -> torch.Tensor:
         numel = ctx.weight.numel()
-        return sample_positions(
-            numel, n, ctx.rng, ctx.weight.device, _candidates(ctx, keep), numel - keep.numel()
-        )
+        return sample_positions(numel, n, ctx.rng, ctx.weight.device, _flat_mask(ctx), numel - keep.numel())
 
 
 class GradientGrowth(Criterion):
@@ -263,6 +278,7 @@ class GradientGrowth(Criterion):
 
     name = "gradient"
     dense_gradient = "update"
+    fresh_scores = True
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         return ctx.require_grad(self.name).abs()
@@ -280,6 +296,7 @@ class MomentumGrowth(Criterion):
 
     name = "momentum"
     dense_gradient = "always"
+    fresh_scores = True
 
     def __init__(self, eps: float = 1e-8):
         self.eps = eps
@@ -312,15 +329,14 @@ class UnfiredGrowth(Criterion):
     def select_grow(self, ctx: LayerContext, keep: torch.Tensor, n: int) -> torch.Tensor:
         numel = ctx.weight.numel()
         device = ctx.weight.device
-        unfired = ~ctx.ever_active.reshape(-1)
-        n_unfired = int(unfired.sum())
-        if n_unfired >= n:
-            return sample_positions(numel, n, ctx.rng, device, unfired, n_unfired)
-        first = unfired.nonzero().squeeze(1)
-        rest = _candidates(ctx, keep)
-        rest[first] = False
+        ever = ctx.ever_active.reshape(-1)
+        n_unfired = numel - int(ever.sum())
+        if n_unfired >= n:  # unfired weights are never kept: only "ever active" blocks them
+            return sample_positions(numel, n, ctx.rng, device, ever, n_unfired)
+        first = (~ever).nonzero().squeeze(1)
+        blocked = (_flat_mask(ctx) != 0) | ~ever  # kept, or already taken above
         more = sample_positions(
-            numel, n - n_unfired, ctx.rng, device, rest, numel - keep.numel() - n_unfired
+            numel, n - n_unfired, ctx.rng, device, blocked, numel - keep.numel() - n_unfired
         )
         return torch.cat([first, more])
 

@@ -49,16 +49,19 @@ STATE_VERSION = 1
 # Initial values of grown weights
 
 
-def _grow_zero(old: torch.Tensor, kept: torch.Tensor, rng: RandomState) -> torch.Tensor:
+# Each takes the grown positions' current values (zero unless dropped this update), a function
+# returning the layer's kept weights (gathered only if needed) and the random streams.
+def _grow_zero(old: torch.Tensor, kept: Callable[[], torch.Tensor], rng: RandomState) -> torch.Tensor:
     return torch.zeros_like(old)
 
 
-def _grow_keep(old: torch.Tensor, kept: torch.Tensor, rng: RandomState) -> torch.Tensor:
+def _grow_keep(old: torch.Tensor, kept: Callable[[], torch.Tensor], rng: RandomState) -> torch.Tensor:
     return old
 
 
-def _grow_normal(old: torch.Tensor, kept: torch.Tensor, rng: RandomState) -> torch.Tensor:
-    std = float(kept.float().std()) if kept.numel() > 1 else 0.0
+def _grow_normal(old: torch.Tensor, kept: Callable[[], torch.Tensor], rng: RandomState) -> torch.Tensor:
+    values = kept()
+    std = float(values.float().std()) if values.numel() > 1 else 0.0
     std = 0.1 * std if std > 0 else 1e-3
     if old.device.type == "cpu":
         noise = torch.from_numpy(rng.numpy.standard_normal(old.numel(), dtype="float32"))
@@ -67,7 +70,7 @@ def _grow_normal(old: torch.Tensor, kept: torch.Tensor, rng: RandomState) -> tor
     return (noise * std).to(old.dtype)
 
 
-GROW_INITS: dict[str, Callable[[torch.Tensor, torch.Tensor, RandomState], torch.Tensor]] = {
+GROW_INITS: dict[str, Callable[[torch.Tensor, Callable[[], torch.Tensor], RandomState], torch.Tensor]] = {
     "zero": _grow_zero,  # RigL, ITOP: grown weights start at zero
     "keep": _grow_keep,  # a weight dropped and regrown in the same update keeps its value
     "normal": _grow_normal,  # N(0, (0.1 * std of the layer's kept weights)^2)
@@ -421,10 +424,10 @@ class Sparsifier:
                 f"criteria returned {drop.numel()} drops / {grow.numel()} grows for '{layer.name}', "
                 f"expected {n_drop} / {n_grow}"
             )
-        old = flat_gather(param, grow).clone()
+        old = flat_gather(param, grow)
         flat_set_(param, drop, 0.0)
         if n_grow:
-            flat_set_(param, grow, self._grow_init(old, flat_gather(param, keep), self.rng))
+            flat_set_(param, grow, self._grow_init(old, lambda: flat_gather(param, keep), self.rng))
             flat_set_(mask, grow, 1.0)
         layer.active = torch.cat([keep, grow])
         layer.count = int(layer.active.numel())

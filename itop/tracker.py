@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import torch
 
+from ._backend import flat_gather, flat_set_
+
 __all__ = ["ExplorationTracker"]
 
 
@@ -67,19 +69,19 @@ class ExplorationTracker:
         """
         t = self.layers[name]
         if dropped.numel():
-            life = step - t.grown_at[dropped]
-            t.reliable[dropped[life >= self.reliable_steps]] = True
+            life = step - flat_gather(t.grown_at, dropped)
+            flat_set_(t.reliable, dropped[life >= self.reliable_steps], True)
             counts = torch.bincount(life.long().cpu())
-            nz = counts.nonzero().squeeze(1).tolist()
-            for lifetime, c in zip(nz, counts[nz].tolist(), strict=True):
+            nz = counts.nonzero().squeeze(1)
+            for lifetime, c in zip(nz.tolist(), counts.index_select(0, nz).tolist(), strict=True):
                 self.lifetimes[lifetime] = self.lifetimes.get(lifetime, 0) + c
-            t.grown_at[dropped] = -1
+            flat_set_(t.grown_at, dropped, -1)
             t.pruned_total += int(dropped.numel())
         new = 0
         if grown.numel():
-            new = int((~t.ever[grown]).sum())
-            t.ever[grown] = True
-            t.grown_at[grown] = step
+            new = int(grown.numel()) - int(flat_gather(t.ever, grown).sum())
+            flat_set_(t.ever, grown, True)
+            flat_set_(t.grown_at, grown, step)
             t.explored += new
             t.grown_total += int(grown.numel())
         return new

@@ -21,7 +21,7 @@ def test_sample_positions_exact_distinct_allowed(size, frac, seed, data):
     allowed = torch.rand(size, generator=g) < frac
     count = int(allowed.sum())
     n = data.draw(st.integers(0, count))
-    pos = sample_positions(size, n, RandomState(seed), torch.device("cpu"), allowed)
+    pos = sample_positions(size, n, RandomState(seed), torch.device("cpu"), ~allowed)
     assert pos.numel() == n
     assert pos.unique().numel() == n
     assert bool(allowed[pos].all())
@@ -34,7 +34,7 @@ def test_sample_positions_is_uniform():
     rng = RandomState(0)
     hits = np.zeros(40)
     for _ in range(3000):
-        hits[sample_positions(40, 5, rng, torch.device("cpu"), allowed).numpy()] += 1
+        hits[sample_positions(40, 5, rng, torch.device("cpu"), (~allowed).float()).numpy()] += 1
     expected = 3000 * 5 / 20
     assert hits[1::2].sum() == 0
     assert np.abs(hits[::2] - expected).max() < 0.15 * expected

@@ -104,10 +104,17 @@ def test_momentum_growth_reads_sgd_and_adam_state():
         MomentumGrowth().scores(ctx)
 
 
+def keep_only(ctx, keep):
+    """As during an update: the mask holds exactly the kept weights when growth runs."""
+    ctx.mask = torch.zeros_like(ctx.mask)
+    ctx.mask.view(-1)[keep] = 1
+    return keep
+
+
 @pytest.mark.parametrize("criterion", [RandomGrowth(), UnfiredGrowth()])
 def test_random_growth_exact_distinct_outside_keep(criterion):
     ctx = make_ctx(numel=2000, active_frac=0.1)
-    keep = ctx.active[:150]
+    keep = keep_only(ctx, ctx.active[:150])
     grow = criterion.select_grow(ctx, keep, 120)
     assert grow.numel() == 120 and grow.unique().numel() == 120
     assert not set(grow.tolist()) & set(keep.tolist())
@@ -120,7 +127,7 @@ def test_unfired_prefers_never_active_then_falls_back():
     ever = torch.ones(200, dtype=torch.bool)
     ever[unfired] = False
     ctx.ever_active = ever
-    keep = ctx.active[:40]
+    keep = keep_only(ctx, ctx.active[:40])
     grow = UnfiredGrowth().select_grow(ctx, keep, 25)
     assert set(unfired) <= set(grow.tolist())
     assert grow.unique().numel() == 25
