@@ -158,9 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DELEGATED = ("sweep", "report")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    # Subcommands with their own parser get their arguments untouched (argparse would reorder a
+    # leading "-c FILE" around a REMAINDER positional).
+    head = 2 if argv[:1] == ["--log-level"] else 1 if argv[:1] and argv[0].startswith("--log-level=") else 0
+    if len(argv) > head and argv[head] in DELEGATED:
+        args, extra = parser.parse_known_args(argv[: head + 1])
+        extra = argv[head + 1 :]
+    else:
+        args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(message)s", stream=sys.stdout)
     try:

@@ -85,3 +85,12 @@ def test_default_demo_run(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
     assert summary["test_acc_selected"] > 0.9 and summary["itop_rate"] > 0.2
+
+
+def test_sweep_and_report_get_their_arguments_in_order(capsys):
+    import pathlib
+
+    study = pathlib.Path(__file__).parent.parent / "configs" / "studies" / "batch-size.yaml"
+    assert main(["--log-level", "WARNING", "sweep", "-c", str(study), "--scale", "smoke", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "batch-size at scale smoke: 4 runs" in out and "planned" in out
