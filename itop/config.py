@@ -20,7 +20,7 @@ import yaml
 from .errors import ConfigError
 from .methods import SparseConfig, get_method, resolve_config
 
-__all__ = ["NEVER", "RunConfig", "SPARSE_KEYS", "coerce_value", "dump_config", "load_config", "parse_overrides"]
+__all__ = ["NEVER", "RunConfig", "SPARSE_KEYS", "coerce_value", "dump_config", "load_config", "parse_overrides", "read_yaml"]
 
 SPARSE_KEYS = [k for k in SparseConfig.keys() if k not in ("sparsity", "seed")]
 
@@ -304,16 +304,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         overrides: Keys set on top of the file (e.g. from the command line).
     """
     source = Path(path) if path is not None else DEMO_CONFIG
-    try:
-        text = source.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {source}: {e.strerror}; check the path given to -c") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"config file {source} is not valid YAML{where}; fix the syntax") from None
+    data = read_yaml(source, "config file")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {source} must hold a mapping of key: value")
     values: dict[str, Any] = {}
@@ -323,6 +314,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         values[_check_key(key, "the overrides")] = value
     values = {k: coerce_value(k, v) for k, v in values.items()}
     return RunConfig(**values).validate()
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file (empty -> ``{}``); unreadable or invalid files give a one-line error."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}; check the path given to -c") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{where}; fix the syntax") from None
 
 
 def dump_config(values: dict[str, Any], path: str | Path) -> None:

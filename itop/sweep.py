@@ -62,7 +62,7 @@ from typing import Any
 
 import yaml
 
-from .config import NEVER, RunConfig, coerce_value, dump_config, parse_overrides
+from .config import NEVER, RunConfig, coerce_value, dump_config, parse_overrides, read_yaml
 from .errors import ConfigError, ItopError
 
 __all__ = [
@@ -272,16 +272,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
             valid name), or malformed sections.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read sweep file {path}: {e.strerror}; check the path given to -c") from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"sweep file {path} is not valid YAML{where}; fix the syntax") from None
+    raw = read_yaml(path, "sweep file")
     where = f"sweep {path}"
     raw = _mapping(raw, where)
     for key in raw:
