@@ -589,10 +589,17 @@ def _group_colors(n: int) -> list[Any]:
 
 
 def _outside_legend(fig, ax) -> None:
-    """A legend below the axes; two columns when there are many short entries."""
+    """A legend below the axes; two columns when there are many short entries.
+
+    The figure grows taller with the legend, so the axes keep about 3.5 inches of height
+    however many groups there are.
+    """
     handles, labels = ax.get_legend_handles_labels()
     ncols = 2 if len(labels) > 3 and max(len(t) for t in labels) <= 40 else 1
     fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=ncols)
+    rows = math.ceil(len(labels) / ncols)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, max(height, 3.5 + 0.6 + 0.17 * rows))
 
 
 def _err(s: Stat, scale: float = 1.0) -> float:
@@ -1275,11 +1282,13 @@ def _write_csvs(runs: Sequence[Run], groups: Sequence[Group], keys: Sequence[str
             row += [_csv_value(s.mean), _csv_value(s.std), s.n]
         rows.append(row)
     _write_csv(out_dir / "groups.csv", headers, rows)
+    # The path is relative to the report folder, as in report.md, so a report can be moved or
+    # committed together with its runs.
     cols = ["run"] + list(_RUN_COLUMNS) + ["steps", "completed"] + list(METRICS) + ["path"]
     _write_csv(out_dir / "runs.csv", cols,
                ([r.name] + [_csv_value(r.get(k)) for k in _RUN_COLUMNS]
                 + [_csv_value(r.get("steps")), r.completed]
-                + [_csv_value(r.get(m)) for m in METRICS] + [str(r.path)] for r in runs))
+                + [_csv_value(r.get(m)) for m in METRICS] + [_rel(r.path, out_dir)] for r in runs))
 
 
 def write_report(paths: Iterable[str | os.PathLike | Run], out_dir: str | os.PathLike,

@@ -1,5 +1,7 @@
+import csv
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -168,7 +170,13 @@ def test_write_report_markdown(runs_root, tmp_path):
     assert "| method | target sparsity | ΔT | n | test acc, selected (%) |" in text
     assert "| rigl | 0.8 | 3 | 3 (1 incomplete) |" in text
     assert " ± " in text and "NO: stopped at step 4" in text and "Plots skipped" not in text
-    assert (tmp_path / "rep" / "groups.csv").is_file() and (tmp_path / "rep" / "runs.csv").is_file()
+    assert (tmp_path / "rep" / "groups.csv").is_file()
+    with open(tmp_path / "rep" / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(GRID) + 1
+    for row in rows:  # paths relative to the report folder, as in report.md
+        assert not os.path.isabs(row["path"])
+        assert ((tmp_path / "rep" / row["path"]) / "config.yaml").is_file()
 
 
 def test_write_report_html_is_self_contained(runs_root, tmp_path):
