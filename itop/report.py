@@ -137,10 +137,16 @@ class Run:
     def get(self, key: str, default: Any = None) -> Any:
         """A value of the summary, else of the config (``target_sparsity`` is ``sparsity`` there).
 
+        ``target_sparsity`` comes from the config first: the config a run writes is resolved
+        (method presets applied), so it is right even for runs whose summary predates that.
+
         Args:
             key: A summary or config key.
             default: Returned when neither has the key.
         """
+        if key == "target_sparsity" and self.config.get("sparsity") is not None:
+            # config.yaml is the resolved config, the authority on what ran (dense forces 0).
+            return self.config["sparsity"]
         if key in self.summary:
             return self.summary[key]
         name = _CONFIG_NAMES.get(key, key)

@@ -559,7 +559,7 @@ class Trainer:
         summary: dict[str, Any] = {
             "run": self.cfg.run_name(),
             "method": self.cfg.method, "model": self.cfg.model, "dataset": self.cfg.dataset,
-            "target_sparsity": self.cfg.sparsity, "seed": self.cfg.seed,
+            "target_sparsity": self.sparse_config.sparsity, "seed": self.cfg.seed,
             "epochs": self.epochs, "steps": p.step, "completed": p.epoch >= self.epochs,
             "selected_epoch": p.best.get("epoch"),
             "best_val_acc": p.best.get("val_acc") if p.best.get("val_acc") != float("-inf") else None,

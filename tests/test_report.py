@@ -236,3 +236,37 @@ def test_report_without_matplotlib_still_has_tables(tmp_path, monkeypatch):
     text = write_report(runs, tmp_path / "rep").read_text()
     assert "| set | 1 | 50.00 |" in text and "matplotlib is not installed" in text
     assert not list((tmp_path / "rep").glob("*.png"))
+
+
+def test_packaged_study_smoke_sweep_then_report_has_every_table_and_plot(tmp_path):
+    """The README's two study commands, end to end at smoke scale (a few seconds per run)."""
+    from pathlib import Path
+
+    from itop.sweep import run_sweep
+
+    study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "itop-rate.yaml"
+    results = run_sweep(study, "smoke", out_dir=tmp_path / "runs", jobs=2, threads=1)
+    assert [r.status for r in results] == ["done"] * 5
+    out = write_report([tmp_path / "runs"], tmp_path / "rep", title="smoke")
+    text = out.read_text()
+    assert "5 runs in 5 groups, all complete" in text and "Plots skipped" not in text
+    for name in PLOT_FILES:
+        assert _is_png(tmp_path / "rep" / name), name
+        assert f"]({name})" in text
+    # The group table: one row per method and sparsity, dense as its own row.
+    for row in ("| dense | 0 | – |", "| rigl | 0.9 |", "| rigl | 0.98 |", "| set | 0.9 |", "| set | 0.98 |"):
+        assert row in text, row
+    with open(tmp_path / "rep" / "groups.csv", newline="") as f:
+        groups = list(csv.DictReader(f))
+    assert len(groups) == 5
+    for g in groups:  # R_s starts at the density and can only grow; dense has seen everything
+        density = 1 - float(g["target_sparsity"])
+        assert float(g["itop_rate_mean"]) >= density - 1e-9
+
+
+def test_target_sparsity_comes_from_the_resolved_config(tmp_path):
+    # A dense run swept with `sparsity: 0.9` ran dense: its resolved config says 0.
+    run = Run(tmp_path, {"method": "dense", "target_sparsity": 0.9, "test_acc_selected": 0.9},
+              config={"method": "dense", "sparsity": 0.0})
+    assert run.get("target_sparsity") == 0.0
+    assert Run(tmp_path, {"target_sparsity": 0.9}).get("target_sparsity") == 0.9  # no config

@@ -172,8 +172,11 @@ def test_itop_rate_study_fixes_reliable_steps_and_sweeps_to_never():
     runs = expand(STUDIES / "itop-rate.yaml", "cpu")
     assert {r.config["reliable_steps"] for r in runs} == {100}
     assert {r.config["update_end"] for r in runs} == {1.0}
-    assert NEVER in {r.config["update_interval"] for r in runs}
-    assert {r.config["method"] for r in runs} == {"rigl", "set"}
+    sparse = [r for r in runs if r.config["method"] != "dense"]
+    assert NEVER in {r.config["update_interval"] for r in sparse}
+    assert {r.config["method"] for r in sparse} == {"rigl", "set"} and len(sparse) == 72
+    dense = [r for r in runs if r.config["method"] == "dense"]  # the reference, once per seed
+    assert sorted(r.config["seed"] for r in dense) == [0, 1, 2]
 
 
 def test_extreme_sparsity_study_runs_dense_once_per_model_and_seed():
