@@ -152,7 +152,7 @@ def test_overrides_apply_to_every_run_but_not_to_varied_keys(tmp_path):
 # -- the packaged studies ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("study", ["itop-rate", "batch-size", "extreme-sparsity"])
+@pytest.mark.parametrize("study", ["itop-rate", "batch-size", "extreme-sparsity", "sparse-init"])
 def test_packaged_studies_expand_and_validate_at_every_scale(study):
     path = STUDIES / f"{study}.yaml"
     plans = {scale: plan_sweep(path, scale, out_dir="runs") for scale in SCALES}
@@ -275,3 +275,21 @@ def test_main_dry_run_and_errors(tmp_path, capsys):
     assert "itop: error: cannot read sweep file" in capsys.readouterr().err
     assert main(["-c", str(path), "--seed", "4"]) == 2
     assert "cannot override seed" in capsys.readouterr().err
+
+
+def test_sparse_init_study_pairs_every_run_with_and_without_it():
+    from itop.config import RunConfig
+
+    def what_runs(spec):  # the resolved config, without where it is written
+        resolved = RunConfig(**spec.config).resolved()
+        return tuple(sorted((k, str(v)) for k, v in resolved.items()
+                            if k not in ("name", "out_dir", "sparse_init")))
+
+    runs = expand(STUDIES / "sparse-init.yaml", "cpu")
+    pairs = {}
+    for r in runs:
+        pairs.setdefault(what_runs(r), set()).add(r.config["sparse_init"])
+    assert len(pairs) == 18 and all(v == {False, True} for v in pairs.values())
+    # Its runs without sparse_init are the extreme-sparsity study's LeNet-5 runs, config for config.
+    extreme = {what_runs(r) for r in expand(STUDIES / "extreme-sparsity.yaml", "cpu")}
+    assert set(pairs) <= extreme
