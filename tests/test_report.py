@@ -247,6 +247,8 @@ def test_packaged_study_smoke_sweep_then_report_has_every_table_and_plot(tmp_pat
     study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "itop-rate.yaml"
     results = run_sweep(study, "smoke", out_dir=tmp_path / "runs", jobs=2, threads=1)
     assert [r.status for r in results] == ["done"] * 5
+    dense = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("dense*/summary.json")]
+    assert len(dense) == 1 and dense[0]["target_sparsity"] == 0.0  # swept at 0.9 and 0.98: ran dense
     out = write_report([tmp_path / "runs"], tmp_path / "rep", title="smoke")
     text = out.read_text()
     assert "5 runs in 5 groups, all complete" in text and "Plots skipped" not in text
