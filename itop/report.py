@@ -87,7 +87,8 @@ _TABLE_KEY_LABELS = {**KEY_LABELS, "target_sparsity": "target sparsity"}
 _DISPLAY = {"test_acc_selected": (100.0, 2), "final_test_acc": (100.0, 2), "itop_rate": (1.0, 4),
             "reliable_itop_rate": (1.0, 4), "sparsity": (1.0, 4), "training_flops_relative": (1.0, 3),
             "inference_flops_relative": (1.0, 3), "wall_time_s": (1.0, 1)}
-# Where a group key lives in config.yaml when the summary lacks it.
+# Summary keys that config.yaml holds under another name. config.yaml is the resolved config
+# (method presets applied: dense forces sparsity 0), so for these it is read first.
 _CONFIG_NAMES = {"target_sparsity": "sparsity"}
 _ROUND_DIR = re.compile(r"^round-(\d+)$")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
@@ -135,23 +136,23 @@ class Run:
         return self.get("seed")
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A value of the summary, else of the config (``target_sparsity`` is ``sparsity`` there).
+        """A value of the summary, else of the config.
 
-        ``target_sparsity`` comes from the config first: the config a run writes is resolved
-        (method presets applied), so it is right even for runs whose summary predates that.
+        Keys the config holds under another name (``target_sparsity`` is ``sparsity`` there)
+        come from the config first: the config a run writes is resolved, so it is right even
+        for runs whose summary predates that.
 
         Args:
             key: A summary or config key.
             default: Returned when neither has the key.
         """
-        if key == "target_sparsity" and self.config.get("sparsity") is not None:
-            # config.yaml is the resolved config, the authority on what ran (dense forces 0).
-            return self.config["sparsity"]
+        renamed = _CONFIG_NAMES.get(key)
+        if renamed is not None and self.config.get(renamed) is not None:
+            return self.config[renamed]
         if key in self.summary:
             return self.summary[key]
-        name = _CONFIG_NAMES.get(key, key)
-        if name in self.config:
-            return self.config[name]
+        if key in self.config:
+            return self.config[key]
         return default
 
     def metric(self, key: str) -> float:

@@ -5,6 +5,7 @@ import os
 import shutil
 import statistics
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,8 +241,6 @@ def test_report_without_matplotlib_still_has_tables(tmp_path, monkeypatch):
 
 def test_packaged_study_smoke_sweep_then_report_has_every_table_and_plot(tmp_path):
     """The README's two study commands, end to end at smoke scale (a few seconds per run)."""
-    from pathlib import Path
-
     from itop.sweep import run_sweep
 
     study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "itop-rate.yaml"
