@@ -1,0 +1,220 @@
+"""Sparse kernels of a linear layer whose weight is stored as its active values only.
+
+A sparse weight ``W`` (``out x in``) is a fixed set of flat positions (``indices``, sorted in
+row-major order) and one value per position (``values``, in the same order). Training a
+linear layer ``y = x Wᵀ + b`` needs three products per step, each costed by the active weights
+alone:
+
+* forward, ``yᵀ = W xᵀ``: a sparse-dense product (SpMM) of the CSR matrix with the batch;
+* input gradient, ``gxᵀ = Wᵀ gᵀ``: the same SpMM with the transposed matrix, kept as a
+  second CSR structure (the columns of ``W``) whose values are a gather of ``values``;
+* weight gradient at the active positions only, ``dW[i, j] = Σ_b g[b, i] x[b, j]`` for
+  every active ``(i, j)``: a sampled dense-dense product (SDDMM,
+  ``torch.sparse.sampled_addmm``).
+
+RigL (Evci et al., "Rigging the Lottery", ICML 2020) grows by the *dense* gradient, which the
+sparse backward does not produce; on the steps that need it a :class:`DenseGradSink` asks for
+``gᵀ x`` as well (one dense product, update steps only).
+
+Which kernel runs each product was chosen by measurement on the reference CPU (2 threads,
+batch 128, MLP layers 784x4096 and 4096x4096, densities 1-10%; ``benchmarks/bench_sparse.py
+--kernels`` repeats the comparison, ``docs/performance.md`` records it): ``torch.sparse.mm(A,
+B, reduce="sum")`` (ATen's vectorised CSR SpMM) beat MKL's CSR product
+(``torch.sparse.mm(A, B)``), COO, dense-times-sparse, the CSC view ``W.t()`` and gather-based
+formulations; ``sampled_addmm`` with the batch's transposed layout beat gather-and-dot
+chunking by an order of magnitude. Kernels are looked up by device type in :data:`SPMM`, so
+tensors on other devices use ``torch.sparse.mm`` (cuSPARSE on CUDA) with no code change.
+
+Activations are handled transposed: the layer returns ``yᵀ.t()``, a view whose transpose is
+contiguous, so the next sparse layer reads its input without a copy (element-wise layers in
+between, such as ReLU, keep the layout).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "SPMM",
+    "SUPPORTED_DTYPES",
+    "CsrLayout",
+    "DenseGradSink",
+    "sparse_linear",
+    "spmm",
+]
+
+#: Weight dtypes sparse execution supports (``sampled_addmm`` has no CPU bfloat16/float16 kernel).
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+with warnings.catch_warnings():
+    # torch warns once per process that sparse CSR tensors are "in beta"; consume that warning
+    # here so it is not shown to users of every model with a sparse layer.
+    warnings.simplefilter("ignore")
+    torch.sparse_csr_tensor(torch.zeros(2, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                            torch.zeros(0), (1, 1))
+
+
+def _spmm_reduce(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.sparse.mm(a, b, "sum")
+
+
+def _spmm_library(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.sparse.mm(a, b)
+
+
+#: CSR x dense product by device type; devices not listed use ``torch.sparse.mm`` (the vendor
+#: library: cuSPARSE on CUDA).
+SPMM: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"cpu": _spmm_reduce}
+
+
+def spmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for a CSR matrix ``a`` and a dense matrix ``b``, by the device's fastest kernel."""
+    return SPMM.get(b.device.type, _spmm_library)(a, b)
+
+
+def _row_pointers(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    counts = torch.bincount(rows, minlength=n_rows)
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return crow
+
+
+class CsrLayout:
+    """Row and column structure of one sparse weight, built once per topology.
+
+    Args:
+        indices: Sorted flat (row-major) positions of the active weights, int64.
+        shape: ``(out_features, in_features)``.
+
+    Attributes:
+        crow, col: CSR structure of ``W`` (row pointers, column of each value).
+        t_crow, t_col: CSR structure of ``Wᵀ`` (column pointers of ``W``, row of each entry).
+        t_perm: ``values[t_perm]`` are the values in ``Wᵀ``'s order.
+    """
+
+    def __init__(self, indices: torch.Tensor, shape: tuple[int, int]) -> None:
+        out_features, in_features = shape
+        self.shape = (int(out_features), int(in_features))
+        self.nnz = int(indices.numel())
+        self.device = indices.device
+        rows = torch.div(indices, in_features, rounding_mode="floor")
+        cols = indices - rows * in_features
+        self.crow = _row_pointers(rows, out_features)
+        self.col = cols
+        # A stable sort by column keeps rows ascending within each column: CSR of Wᵀ.
+        self.t_perm = torch.sort(cols, stable=True).indices
+        self.t_crow = _row_pointers(cols, in_features)
+        self.t_col = rows.index_select(0, self.t_perm)
+        self._zeros: dict[torch.dtype, torch.Tensor] = {}
+
+    def matrix(self, values: torch.Tensor) -> torch.Tensor:
+        """``W`` as a CSR tensor sharing ``values``' storage."""
+        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape,
+                                       check_invariants=False)
+
+    def transposed(self, values: torch.Tensor) -> torch.Tensor:
+        """``Wᵀ`` as a CSR tensor (its values are a gather of ``values``)."""
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.t_perm),
+                                       (self.shape[1], self.shape[0]), check_invariants=False)
+
+    def pattern(self, dtype: torch.dtype) -> torch.Tensor:
+        """The sparsity pattern with zero values: the sampling mask of ``sampled_addmm``
+        (zeros, not the weights, since ``beta=0`` does not clear NaN inputs)."""
+        zeros = self._zeros.get(dtype)
+        if zeros is None:
+            zeros = self._zeros[dtype] = torch.zeros(self.nnz, dtype=dtype, device=self.device)
+        return torch.sparse_csr_tensor(self.crow, self.col, zeros, self.shape, check_invariants=False)
+
+
+class DenseGradSink:
+    """Collects the dense weight gradient ``gᵀ x`` of one sparse layer when asked to.
+
+    The engine sets :attr:`wanted` before the backward pass of a step whose topology update
+    reads the dense gradient (RigL's growth); every backward pass while it is set adds its
+    product to :attr:`grad` (so gradient accumulation over micro-batches sums, as ``.grad``
+    does). :meth:`take` hands the gradient over and clears it.
+    """
+
+    def __init__(self) -> None:
+        self.wanted = False
+        self.grad: torch.Tensor | None = None
+
+    def add(self, grad: torch.Tensor) -> None:
+        if self.grad is None:
+            self.grad = grad
+        else:
+            self.grad.add_(grad)
+
+    def take(self) -> torch.Tensor | None:
+        grad, self.grad = self.grad, None
+        return grad
+
+
+def _transposed_contiguous(t: torch.Tensor) -> torch.Tensor:
+    tt = t.t()
+    return tt if tt.is_contiguous() else tt.contiguous()
+
+
+class _SparseLinearFunction(torch.autograd.Function):
+    """``(x Wᵀ + b)ᵀ`` with ``W`` given by (layout, values); see the module docstring.
+
+    Returns the transposed output: the transpose back is taken outside the Function, so that
+    the result is an ordinary view that in-place operations (``ReLU(inplace=True)``) may modify.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+                layout: CsrLayout, sink: DenseGradSink | None) -> torch.Tensor:
+        xt = _transposed_contiguous(x)  # (in, N)
+        yt = spmm(layout.matrix(values), xt)  # (out, N)
+        if bias is not None:
+            yt.add_(bias.unsqueeze(1))
+        ctx.save_for_backward(xt, values)
+        ctx.layout = layout
+        ctx.sink = sink
+        ctx.has_bias = bias is not None
+        return yt
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out_t: torch.Tensor):
+        xt, values = ctx.saved_tensors
+        layout: CsrLayout = ctx.layout
+        gt = grad_out_t if grad_out_t.is_contiguous() else grad_out_t.contiguous()  # (out, N)
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = spmm(layout.transposed(values), gt).t()
+        if ctx.needs_input_grad[1]:
+            grad_values = torch.sparse.sampled_addmm(layout.pattern(gt.dtype), gt, xt.t(),
+                                                     beta=0.0).values()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = gt.sum(1)
+        sink: DenseGradSink | None = ctx.sink
+        if sink is not None and sink.wanted:
+            sink.add(torch.mm(gt, xt.t()))
+        return grad_x, grad_values, grad_bias, None, None
+
+
+def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+                  layout: CsrLayout, sink: DenseGradSink | None = None) -> torch.Tensor:
+    """``y = x Wᵀ + b`` for a sparse ``W``, differentiable in ``x``, ``values`` and ``bias``.
+
+    Args:
+        x: Input of shape ``(..., in_features)``.
+        values: The active weights in ``layout``'s order (``layout.nnz`` entries).
+        bias: Optional bias of shape ``(out_features,)``.
+        layout: The structure of ``W``.
+        sink: Where the dense weight gradient goes when it is wanted (RigL update steps).
+
+    Returns:
+        ``(..., out_features)``; for 2-D inputs a transposed view (see the module docstring).
+    """
+    if x.dim() == 2:
+        return _SparseLinearFunction.apply(x, values, bias, layout, sink).t()
+    lead = x.shape[:-1]
+    y = _SparseLinearFunction.apply(x.reshape(-1, x.shape[-1]), values, bias, layout, sink).t()
+    return y.reshape(*lead, layout.shape[0])
