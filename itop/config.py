@@ -96,6 +96,8 @@ class RunConfig:
     final_drop_fraction: float | None = None
     drop_schedule: str | None = None
     grow_init: str | None = None
+    keep_regrown: bool | None = None
+    drop_rounding: str | None = None
     sparse_init: bool | None = None
     keep_first_dense: bool | None = None
     keep_last_dense: bool | None = None
