@@ -113,6 +113,7 @@ class RunConfig:
     synflow_rounds: int | None = None
     rounds: int | None = None
     rewind_step: int | None = None
+    execution: str | None = None
     # run control
     threads: int | None = None
     seed: int = 0

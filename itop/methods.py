@@ -30,6 +30,7 @@ from .distributions import erdos_renyi_kernel, get_distribution
 from .errors import ConfigError, unknown_name
 from .schedules import CubicSparsity, UpdateSchedule, make_drop_schedule
 from .sparsifier import DROP_ROUNDINGS, GROW_INITS, Sparsifier
+from .storage import get_execution
 from .targets import TargetSelector
 
 __all__ = ["METHODS", "Method", "SparseConfig", "build", "get_method", "list_methods", "register_method"]
@@ -76,6 +77,9 @@ class SparseConfig:
         rounds: Iterative magnitude pruning (lottery tickets): number of train-prune-rewind
             rounds; each prunes the same fraction of the remaining weights.
         rewind_step: IMP: the training step whose weights survivors are rewound to.
+        execution: ``dense`` (masked dense weights, the default and the reference) or
+            ``sparse`` (masked ``nn.Linear`` layers store and compute with their active
+            weights only; :mod:`itop.storage`).
     """
 
     sparsity: float = 0.9
@@ -108,6 +112,7 @@ class SparseConfig:
     synflow_rounds: int = 100
     rounds: int = 1
     rewind_step: int = 0
+    execution: str = "dense"
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -162,6 +167,7 @@ class SparseConfig:
                 raise unknown_name("pruning-at-init method", self.init_pruning, PRUNE_AT_INIT)
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"rounds must be an integer >= 1 (train-prune-rewind rounds), got {self.rounds!r}")
+        get_execution(self.execution)
         if self.rewind_step < 0 or self.init_batches < 1 or self.synflow_rounds < 1:
             raise ConfigError("rewind_step must be >= 0, init_batches and synflow_rounds >= 1")
         return self
@@ -310,6 +316,7 @@ def from_config(
         masks=masks,
         sparsity_schedule=sparsity_schedule,
         global_pruning=config.global_pruning,
+        execution=config.execution,
     )
 
 
@@ -329,11 +336,16 @@ def build(
 
         sparsifier = itop.build("rigl", model, optimizer, sparsity=0.98,
                                 distribution="erk", update_interval=100, total_steps=T)
+        # the same, with masked nn.Linear layers stored and run sparse:
+        sparsifier = itop.build("rigl", model, optimizer, sparsity=0.98, total_steps=T,
+                                execution="sparse")
 
     Args:
         method: A registered method (``itop.list_methods()``).
         model: The model to sparsify.
-        optimizer: Its optimizer (masks are applied after each of its steps).
+        optimizer: Its optimizer (masks are applied after each of its steps). With
+            ``execution="sparse"`` the optimizer is edited in place to train the sparse layers'
+            ``values`` instead of the dense weights it was built on (state carried over).
         total_steps: Training length in steps; needed by annealed drop fractions and by
             ``update_end < 1``.
         batches: Training batches, for SNIP and GraSP.

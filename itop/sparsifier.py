@@ -7,12 +7,20 @@ exact. It tracks exploration as the In-Time Over-Parameterization rate R_s (Liu 
 "Do We Actually Need Dense Over-Parameterization? In-Time Over-Parameterization in Sparse
 Training", ICML 2021).
 
-Masking mechanism: masked weights are multiplied by their mask right after every optimizer
-step (a post-step hook on the optimizer, one fused ``_foreach_mul_`` for all layers). The
-forward and backward passes are the ordinary dense ones, so gradients are dense: RigL sees the
-dense gradient at update steps, SNFS's momentum accumulates at inactive positions, and no hook
-runs during backward. Inactive weights are exactly zero after every optimizer step, whatever the
-optimizer does (momentum, weight decay, Adam).
+Execution (``execution``): how each layer stores its weight is a storage object of
+:mod:`itop.storage`; the engine decides which weights are active and talks to the storages
+through one interface, whatever the mode.
+
+* ``"dense"`` (the default and the reference): masked weights are multiplied by their mask
+  right after every optimizer step (a post-step hook on the optimizer, one fused
+  ``_foreach_mul_`` for all layers). The forward and backward passes are the ordinary dense
+  ones, so gradients are dense: RigL sees the dense gradient at update steps, SNFS's momentum
+  accumulates at inactive positions, and no hook runs during backward. Inactive weights are
+  exactly zero after every optimizer step, whatever the optimizer does (momentum, weight
+  decay, Adam).
+* ``"sparse"``: every masked ``nn.Linear`` becomes an :class:`~itop.sparse.SparseLinear`
+  storing only its active weights and running sparse kernels; the dense gradient RigL grows by
+  is computed on update steps only. Layers it does not cover keep dense masking.
 """
 
 from __future__ import annotations
@@ -33,9 +41,16 @@ from .criteria import Criterion, LayerContext, get_grow, get_prune
 from .distributions import Distribution, allocate, get_distribution
 from .errors import CheckpointError, ConfigError, unknown_name
 from .initialization import rescale_to_sparse_fan_in
-from .optim_state import reset_state
 from .schedules import ConstantDrop, DropSchedule, UpdateSchedule
-from .targets import Target, TargetSelector
+from .storage import (
+    DenseMaskedStorage,
+    Execution,
+    UpdateView,
+    WeightStorage,
+    get_execution,
+    ignore_in_ddp,
+)
+from .targets import Target, TargetSelector, unwrap_model
 from .tracker import ExplorationTracker
 
 __all__ = ["DROP_ROUNDINGS", "GROW_INITS", "LayerStats", "Sparsifier"]
@@ -113,33 +128,34 @@ class LayerStats:
     density: float
     itop_rate: float
     reliable_itop_rate: float
+    execution: str = "dense"
 
 
 class _Layer:
-    """Engine state for one sparsified weight."""
+    """Engine state for one sparsified weight: its active positions and their storage."""
 
     def __init__(self, target: Target, count: int) -> None:
-        self.target = target
+        self.target: Target | None = target  # released once the storage is final
         self.name = target.name
-        self.param = target.param
+        self.module_name = target.module_name
+        self.shape = target.shape
         self.numel = target.param.numel()
         self.count = count
-        self.mask: torch.Tensor | None = None  # weight-dtype mask; None for a dense layer
         self.active: torch.Tensor = torch.empty(0, dtype=torch.long)
+        self.storage: WeightStorage = DenseMaskedStorage(target)
+
+    @property
+    def param(self) -> torch.Tensor:
+        """The tensor the optimizer trains (the dense weight, or a sparse layer's values)."""
+        return self.storage.param
 
     @property
     def dense(self) -> bool:
         return self.count >= self.numel
 
-    def set_active(self, active: torch.Tensor) -> None:
-        p = self.param
-        self.active = active.to(device=p.device, dtype=torch.long)
-        if self.dense:
-            self.mask = None
-            return
-        mask = torch.zeros_like(p, dtype=p.dtype)
-        flat_set_(mask, self.active, 1.0)
-        self.mask = mask
+    def set_active(self, active: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.active = active.to(device=self.param.device, dtype=torch.long)
+        self.storage.set_active(self.active, self.dense, optimizer)
 
 
 class Sparsifier:
@@ -155,7 +171,15 @@ class Sparsifier:
         print(sparsifier.itop_rate())
 
     Build the sparsifier after moving the model to its device (masks live beside the weights)
-    and before wrapping or compiling is fine either way.
+    and before wrapping or compiling is fine either way (with ``execution="sparse"``: before
+    wrapping in ``DistributedDataParallel``, since layers are replaced).
+
+    With ``execution="sparse"`` the masked ``nn.Linear`` layers of ``model`` are replaced in
+    place by :class:`~itop.sparse.SparseLinear` modules holding only their active weights, and
+    ``optimizer`` is edited to train their ``values`` instead of the dense weights it was built
+    on (its state for them is carried over), so the three-line loop stays the same. Build the
+    optimizer on ``model.parameters()`` *before* the sparsifier, as usual; an optimizer created
+    afterwards simply sees the sparse parameters.
 
     Args:
         model: The model; ``DistributedDataParallel``/compiled wrappers are unwrapped.
@@ -194,6 +218,16 @@ class Sparsifier:
             the scheduled sparsity, and these extra drops are not regrown.
         global_pruning: With ``sparsity_schedule``, choose the per-layer counts by global
             magnitude over all layers instead of the distribution.
+        execution: ``"dense"`` (masked dense weights, the reference) or ``"sparse"`` (masked
+            ``nn.Linear`` layers store and compute with their active weights only; see
+            :mod:`itop.storage`). Sparse execution gives the same masks, R_s and (up to float
+            rounding) losses as dense execution. It refuses criteria that read dense
+            gradients or momentum at every step (SNFS's momentum growth: use ``"dense"``) and
+            gradual pruning. Criteria see dense views of a sparse layer at updates: the weight,
+            its mask and, as ``weight.grad``, the dense gradient when a criterion declares
+            ``dense_gradient = "update"`` (RigL; computed on update steps only, see
+            :meth:`request_dense_gradient`), else the gradient at the active weights (zeros
+            elsewhere); ``optimizer_state`` then holds the state of the ``values`` vector.
     """
 
     def __init__(
@@ -217,6 +251,7 @@ class Sparsifier:
         masks: Mapping[str, torch.Tensor] | None = None,
         sparsity_schedule: Callable[[int], float] | None = None,
         global_pruning: bool = False,
+        execution: str = "dense",
     ) -> None:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
             raise ConfigError(
@@ -252,6 +287,13 @@ class Sparsifier:
         self._closed = False
         self.sparsity_schedule = sparsity_schedule
         self.global_pruning = global_pruning
+        self._execution: Execution = get_execution(execution)
+        self.execution = self._execution.name
+        self._execution.check(self)
+        # Criteria that read the dense gradient at updates (RigL): sparse layers compute it on
+        # the steps before an update only.
+        self._needs_dense_grad = any(getattr(c, "dense_gradient", "never") != "never"
+                                     for c in (self.prune, self.grow))
 
         self._layers = self._build_layers(masks)
         for layer in self._layers:
@@ -261,13 +303,17 @@ class Sparsifier:
         if sparse_init:
             with torch.no_grad():
                 for layer in self._masked():
-                    rescale_to_sparse_fan_in(layer.param, layer.mask)
+                    rescale_to_sparse_fan_in(*layer.storage.mask_pair())
+        self._convert_layers()
+        self._load_hook = None
         if optimizer is not None:
             self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
+            self._load_hook = optimizer.register_load_state_dict_pre_hook(self._check_optimizer_state)
+        self._prepare_next_step()
         log.info(
-            "sparsifier: %d layers, sparsity %.4f, %d of %d weights active, R_s %.4f",
+            "sparsifier: %d layers, sparsity %.4f, %d of %d weights active, R_s %.4f, execution %s",
             len(self._layers), self.actual_sparsity(), self.num_active(), self.num_weights(),
-            self.itop_rate(),
+            self.itop_rate(), self.execution,
         )
 
     # -- construction --------------------------------------------------------------------------
@@ -323,7 +369,7 @@ class Sparsifier:
         free = [layer for layer in self._layers if layer.name not in self._fixed]
         keep = round((1.0 - sparsity) * self.num_weights()) - sum(
             layer.count for layer in self._layers if layer.name in self._fixed)
-        values = torch.cat([flat_gather(layer.param.detach(), layer.active).float().abs().cpu() for layer in free])
+        values = torch.cat([layer.storage.gather(layer.active).float().abs().cpu() for layer in free])
         keep = min(max(keep, 0), values.numel())
         chosen = top_n(values, keep)
         owner = torch.repeat_interleave(torch.arange(len(free)), torch.tensor([layer.count for layer in free]))
@@ -332,13 +378,73 @@ class Sparsifier:
         counts.update({layer.name: int(c) for layer, c in zip(free, per_layer, strict=True)})
         return counts
 
+    def _convert_layers(self) -> None:
+        """Give every layer the storage of the execution mode (replacing modules if needed)."""
+        root = unwrap_model(self.model)
+        kept: list[str] = []
+        sparse: list[str] = []
+        for layer in self._layers:
+            storage, reason = self._execution.convert(layer.storage, layer.target, root, layer.active,
+                                                      layer.dense, self.optimizer)
+            layer.storage = storage
+            layer.target = None
+            if storage.kind == "sparse":
+                sparse.append(layer.name)
+            elif reason is not None:
+                kept.append(f"{layer.name} ({reason})")
+        if sparse:
+            modules = [layer.module_name for layer in self._layers if layer.storage.kind == "sparse"]
+            ignore_in_ddp(root, [f"{m}.indices" if m else "indices" for m in modules])
+            log.info("execution %s: %d layers run sparse: %s", self.execution, len(sparse), ", ".join(sparse))
+        if kept:
+            log.info("execution %s: %d layers keep dense masking: %s", self.execution, len(kept), "; ".join(kept))
+        self._refresh_mask_lists()
+
     def _masked(self) -> list[_Layer]:
-        return [layer for layer in self._layers if layer.mask is not None]
+        return [layer for layer in self._layers if layer.storage.mask_pair() is not None]
 
     def _refresh_mask_lists(self) -> None:
-        masked = self._masked()
-        self._mask_params = [layer.param for layer in masked]
-        self._mask_tensors = [layer.mask for layer in masked]
+        pairs = [layer.storage.mask_pair() for layer in self._masked()]
+        self._mask_params = [p for p, _ in pairs]
+        self._mask_tensors = [m for _, m in pairs]
+
+    def _prepare_next_step(self) -> None:
+        """Tell sparse layers whether the coming backward pass must give the dense gradient."""
+        wanted = self._needs_dense_grad and self.update_schedule.is_update_step(self._step + 1)
+        for layer in self._layers:
+            layer.storage.want_dense_grad(wanted)
+
+    def request_dense_gradient(self) -> None:
+        """Have the next backward pass compute the dense weight gradients of sparse layers.
+
+        Only needed in ``execution="sparse"`` before calling :meth:`update_topology` by hand
+        with a gradient criterion (RigL) at a step the schedule does not update at; scheduled
+        updates ask for it themselves. A no-op for dense-masked layers, whose gradient is
+        always dense.
+        """
+        for layer in self._layers:
+            layer.storage.want_dense_grad(True)
+
+    def _check_optimizer_state(self, optimizer, state_dict):
+        """Refuse, before anything is loaded, optimizer state saved in the other execution mode
+        (its tensors have the shape of the other mode's parameter)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        saved = state_dict.get("state", {}) if isinstance(state_dict, Mapping) else {}
+        ids = {id(p): i for i, p in enumerate(params)}
+        for layer in self._layers:
+            i = ids.get(id(layer.param))
+            entry = saved.get(i) if i is not None else None
+            if not isinstance(entry, Mapping):
+                continue
+            foreign = layer.storage.foreign_state_shapes(layer.count)
+            for value in entry.values():
+                if isinstance(value, torch.Tensor) and tuple(value.shape) in foreign:
+                    raise CheckpointError(
+                        f"the optimizer state of '{layer.name}' was saved in the other execution mode "
+                        f"(shape {list(value.shape)}, this run trains {list(layer.param.shape)} with "
+                        f"execution {self.execution}); resume with the execution the checkpoint was saved with"
+                    )
+        return None
 
     # -- per-step API --------------------------------------------------------------------------
 
@@ -369,12 +475,14 @@ class Sparsifier:
         self._step += 1
         if self.optimizer is None:
             self.apply_masks()
+        record = None
         if self.update_schedule.is_update_step(self._step):
             if skip_update:
                 log.info("topology update at step %d skipped (optimizer step skipped)", self._step)
-                return None
-            return self.update_topology()
-        return None
+            else:
+                record = self.update_topology()
+        self._prepare_next_step()
+        return record
 
     @property
     def step_count(self) -> int:
@@ -413,7 +521,7 @@ class Sparsifier:
             targets = self._global_magnitude_counts(s) if self.global_pruning else self._target_counts(s)
         dropped_total = grown_total = regrown_total = explored = 0
         for layer in self._layers:
-            exchange = self._round_drop(f * layer.count) if layer.mask is not None else 0
+            exchange = self._round_drop(f * layer.count) if not layer.dense else 0
             extra = max(0, layer.count - targets[layer.name]) if targets is not None else 0
             if exchange + extra <= 0:
                 continue
@@ -437,14 +545,13 @@ class Sparsifier:
         log.debug("topology update %s", record)
         return record
 
-    def _context(self, layer: _Layer, step: int) -> LayerContext:
-        state = self.optimizer.state.get(layer.param, {}) if self.optimizer is not None else {}
+    def _context(self, layer: _Layer, view: UpdateView, step: int) -> LayerContext:
         return LayerContext(
             name=layer.name,
-            weight=layer.param,
-            mask=layer.mask,
+            weight=view.weight,
+            mask=view.mask,
             active=layer.active,
-            optimizer_state=state,
+            optimizer_state=view.optimizer_state,
             ever_active=self.tracker.layers[layer.name].ever,
             step=step,
             rng=self.rng,
@@ -458,11 +565,12 @@ class Sparsifier:
             the regrown ones when ``keep_regrown``), those selected for both, and the grown
             weights never active before.
         """
-        if layer.mask is None:  # a dense layer being pruned for the first time
-            layer.mask = torch.ones_like(layer.param)
-        param, mask = layer.param, layer.mask
+        # Dense views of the layer (for a dense-masked layer, its weight and mask themselves):
+        # the criteria read them and the update below edits them; commit() applies the result.
+        view = layer.storage.begin_update(self.optimizer, self._needs_dense_grad)
+        param, mask = view.weight, view.mask
         device = param.device
-        ctx = self._context(layer, step)
+        ctx = self._context(layer, view, step)
         drop = self.prune.select_drop(ctx, n_drop).to(device)
         distributed.broadcast_(drop)
         flat_set_(mask, drop, 0.0)
@@ -492,7 +600,7 @@ class Sparsifier:
             flat_set_(param, grown, self._grow_init(old, lambda: flat_gather(param, keep), self.rng))
         layer.active = torch.cat([keep, grow])
         layer.count = int(layer.active.numel())
-        reset_state(self.optimizer, param, torch.cat([dropped, grown]))
+        layer.storage.commit(view, layer.active, torch.cat([dropped, grown]), self.optimizer)
         explored = self.tracker.record(layer.name, dropped, grown, step)
         return int(dropped.numel()), int(grown.numel()), n_regrown, explored
 
@@ -520,13 +628,7 @@ class Sparsifier:
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Bool mask per sparsified weight name (True = active)."""
-        out = {}
-        for layer in self._layers:
-            if layer.mask is None:
-                out[layer.name] = torch.ones_like(layer.param, dtype=torch.bool)
-            else:
-                out[layer.name] = layer.mask != 0
-        return out
+        return {layer.name: layer.storage.bool_mask() for layer in self._layers}
 
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self._layers]
@@ -538,12 +640,13 @@ class Sparsifier:
             out.append(
                 LayerStats(
                     name=layer.name,
-                    shape=tuple(layer.param.shape),
+                    shape=tuple(layer.shape),
                     numel=layer.numel,
                     active=layer.count,
                     density=layer.count / layer.numel,
                     itop_rate=self.tracker.itop_rate(layer.name),
                     reliable_itop_rate=self.tracker.reliable_itop_rate(self._step, layer.name),
+                    execution=layer.storage.kind,
                 )
             )
         return out
@@ -577,10 +680,11 @@ class Sparsifier:
         """
         return {
             "version": STATE_VERSION,
+            "execution": self.execution,
             "step": self._step,
             "sparsity": self.sparsity,
             "layers": {
-                layer.name: {"shape": list(layer.param.shape), "active": layer.active.cpu().clone()}
+                layer.name: {"shape": list(layer.shape), "active": layer.active.cpu().clone()}
                 for layer in self._layers
             },
             "tracker": self.tracker.state_dict(),
@@ -606,13 +710,13 @@ class Sparsifier:
             )
         for layer in self._layers:
             s = saved[layer.name]
-            if list(s["shape"]) != list(layer.param.shape):
+            if list(s["shape"]) != list(layer.shape):
                 raise CheckpointError(
-                    f"layer '{layer.name}' has shape {list(layer.param.shape)} but the saved state "
+                    f"layer '{layer.name}' has shape {list(layer.shape)} but the saved state "
                     f"has {list(s['shape'])}; load it into the same model architecture"
                 )
             layer.count = int(s["active"].numel())
-            layer.set_active(s["active"])
+            layer.set_active(s["active"], self.optimizer)
         self._step = int(state["step"])
         self.sparsity = float(state["sparsity"])
         self.tracker.load_state_dict(state["tracker"])
@@ -620,20 +724,27 @@ class Sparsifier:
         self.history = [dict(r) for r in state["history"]]
         self._refresh_mask_lists()
         self.apply_masks()
+        self._prepare_next_step()
 
     # -- end -----------------------------------------------------------------------------------
 
     @torch.no_grad()
     def finalize(self) -> nn.Module:
-        """Stop sparse training: remove the optimizer hook and leave plain sparse weights.
+        """Stop sparse training: remove the optimizer hooks and leave plain sparse weights.
 
         Returns:
             The model, whose inactive weights are exactly zero (no masks or hooks remain).
+            Layers that ran sparse stay :class:`~itop.sparse.SparseLinear` modules (inference
+            at the sparse cost; :func:`itop.sparse.to_dense` turns them back into
+            ``nn.Linear``, :func:`itop.sparse.export_model` writes them compressed).
         """
         self.apply_masks()
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for hook in (self._hook, self._load_hook):
+            if hook is not None:
+                hook.remove()
+        self._hook = self._load_hook = None
+        for layer in self._layers:
+            layer.storage.want_dense_grad(False)
         self._closed = True
         return self.model
 
@@ -641,5 +752,5 @@ class Sparsifier:
         return (
             f"Sparsifier(sparsity={self.sparsity}, layers={len(self._layers)}, prune={self.prune!r}, "
             f"grow={self.grow!r}, update={self.update_schedule}, step={self._step}, "
-            f"itop_rate={self.itop_rate():.4f})"
+            f"itop_rate={self.itop_rate():.4f}, execution={self.execution!r})"
         )
