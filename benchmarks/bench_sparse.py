@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import (  # noqa: E402
     CpuMonitor,
+    bootstrap_ratio_ci,
     emit_json,
     machine_info,
     no_gc,
@@ -48,6 +49,8 @@ from _common import (  # noqa: E402
     set_threads,
 )
 
+import itop  # noqa: E402
+from itop.models import build_model  # noqa: E402
 from itop.sparse.kernels import CsrLayout  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
@@ -58,11 +61,11 @@ warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in bet
 
 
 def interleave(fns: dict[str, Callable[[], Any]], rounds: int, block: int, warmup: int,
-               max_other_cpu: float) -> tuple[dict[str, list[float]], dict[str, Any]]:
+               max_other_cpu: float) -> tuple[dict[str, list[list[float]]], dict[str, Any]]:
     """Time every closure ``block`` times per round, rotating the order; returns the kept
-    seconds per closure and the contention record."""
+    seconds per closure (one list per round) and the contention record."""
     names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[list[float]]] = {n: [] for n in names}
     max_rejected = max(3, rounds // 4)
     kept = rejected = r = 0
     other: list[float] = []
@@ -87,7 +90,7 @@ def interleave(fns: dict[str, Callable[[], Any]], rounds: int, block: int, warmu
                 rejected += 1
                 continue
             for n, ts in pending.items():
-                times[n] += ts
+                times[n].append(ts)
             if frac is not None:
                 other.append(frac)
             kept += 1
@@ -95,8 +98,8 @@ def interleave(fns: dict[str, Callable[[], Any]], rounds: int, block: int, warmu
                    "other_cpu_median": round(quantiles(other)[1], 4) if other else None}
 
 
-def median_ms(ts: list[float]) -> float:
-    return quantiles(ts)[1] * 1e3
+def median_ms(rounds: list[list[float]]) -> float:
+    return quantiles([t for r in rounds for t in r])[1] * 1e3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,6 +199,161 @@ def run_kernels(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Part "model"
+
+NEVER = 10**9  # an update interval never reached: the timed steps are steady-state steps
+TOTAL_STEPS = 10**9
+DATA_BATCHES = 4
+TARGETS = {0.98: {"train": 8.0, "infer": 10.0}, 0.9: {"train": 3.0, "infer": 3.0}}
+TARGET_WIDTH = 4096
+# (rounds, block) of the training and inference phases by width: about the same time per width.
+SCHEDULE = {1024: (20, 5, 20, 10), 2048: (14, 3, 16, 6), 4096: (10, 2, 12, 3)}
+
+
+class Variant:
+    """The wide MLP trained through ``itop.build(..., execution=...)`` on fixed random batches."""
+
+    def __init__(self, width: int, sparsity: float, execution: str, args: argparse.Namespace) -> None:
+        self.width, self.sparsity, self.execution = width, sparsity, execution
+        self.label = f"{execution}@{sparsity:g}"
+        torch.manual_seed(args.seed)
+        self.model = build_model("mlp", in_channels=1, num_classes=10, image_size=28, hidden=(width, width))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.sparsifier = itop.build(args.method, self.model, self.optimizer, sparsity=sparsity,
+                                     distribution=args.distribution, update_interval=NEVER,
+                                     total_steps=TOTAL_STEPS, seed=args.seed, execution=execution)
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        self.batches = [(torch.randn(args.batch, 1, 28, 28, generator=gen),
+                         torch.randint(0, 10, (args.batch,), generator=gen)) for _ in range(DATA_BATCHES)]
+        self._i = 0
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._i += 1
+        return self.batches[self._i % DATA_BATCHES]
+
+    def train_step(self) -> None:
+        x, y = self._batch()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.sparsifier.step()
+
+    @torch.no_grad()
+    def infer(self) -> None:
+        self.model(self._batch()[0])
+
+    def update(self, drop: float) -> tuple[float, float]:
+        """One training step ending with a topology update: (step seconds, update seconds)."""
+        x, y = self._batch()
+        t0 = time.perf_counter()
+        self.sparsifier.request_dense_gradient()  # what a scheduled RigL update step asks for
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(self.model(x), y).backward()
+        self.optimizer.step()
+        record = self.sparsifier.update_topology(drop)
+        return time.perf_counter() - t0, float(record["seconds"])
+
+    def memory(self) -> dict[str, int]:
+        """Bytes of parameters, optimizer state and topology structure (masks or indices)."""
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        state = sum(v.numel() * v.element_size() for st in self.optimizer.state.values()
+                    for v in st.values() if isinstance(v, torch.Tensor))
+        structure = sum(m.numel() * m.element_size() for m in self.sparsifier._mask_tensors)
+        structure += sum(b.numel() * b.element_size() for n, b in self.model.named_buffers()
+                         if n.endswith("indices"))
+        return {"params": params, "optimizer_state": state, "structure": structure,
+                "total": params + state + structure}
+
+
+def _speedup(dense: list[list[float]], sparse: list[list[float]]) -> tuple[float, list[float]]:
+    ratio = median_ms(dense) / median_ms(sparse)
+    lo, hi = bootstrap_ratio_ci(dense, sparse)
+    return ratio, [round(lo, 3), round(hi, 3)]
+
+
+def run_width(width: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    t_start = time.perf_counter()
+    variants = {(s, e): Variant(width, s, e, args) for s in args.sparsities for e in ("dense", "sparse")}
+    layers = [(st.name, st.execution, round(st.density, 5)) for st in variants[(args.sparsities[-1], "sparse")]
+              .sparsifier.layer_stats()]
+    tr, tb, ir, ib = SCHEDULE.get(width, (10, 2, 12, 3))
+    if args.quick:
+        tr, tb, ir, ib = 2, 1, 2, 1
+    for v in variants.values():
+        v.train_step()  # optimizer state exists before the memory figures and the timing
+    train, q_train = interleave({v.label: v.train_step for v in variants.values()}, tr, tb, 1,
+                                args.max_other_cpu)
+    for v in variants.values():
+        v.model.eval()
+    infer, q_infer = interleave({v.label: v.infer for v in variants.values()}, ir, ib, 1, args.max_other_cpu)
+    for v in variants.values():
+        v.model.train()
+    update: dict[str, list[tuple[float, float]]] = {}
+    reps = 1 if args.quick else args.update_reps
+    for v in variants.values():
+        v.update(0.3)  # warm-up
+        with no_gc():
+            update[v.label] = [v.update(0.3) for _ in range(reps)]
+    rows = []
+    for s in args.sparsities:
+        d, sp = variants[(s, "dense")], variants[(s, "sparse")]
+        train_x, train_ci = _speedup(train[d.label], train[sp.label])
+        infer_x, infer_ci = _speedup(infer[d.label], infer[sp.label])
+        mem_d, mem_s = d.memory(), sp.memory()
+        upd_d, upd_s = update[d.label], update[sp.label]
+        row = {
+            "width": width, "sparsity": s, "density": round(1 - s, 4), "limit": round(1 / (1 - s), 2),
+            "train_speedup": round(train_x, 3), "infer_speedup": round(infer_x, 3),
+            "train_speedup_ci95": train_ci, "infer_speedup_ci95": infer_ci,
+            "dense_train_ms": round(median_ms(train[d.label]), 3),
+            "sparse_train_ms": round(median_ms(train[sp.label]), 3),
+            "dense_infer_ms": round(median_ms(infer[d.label]), 3),
+            "sparse_infer_ms": round(median_ms(infer[sp.label]), 3),
+            "dense_update_ms": round(quantiles([u for _, u in upd_d])[1] * 1e3, 2),
+            "sparse_update_ms": round(quantiles([u for _, u in upd_s])[1] * 1e3, 2),
+            "dense_update_step_ms": round(quantiles([t for t, _ in upd_d])[1] * 1e3, 2),
+            "sparse_update_step_ms": round(quantiles([t for t, _ in upd_s])[1] * 1e3, 2),
+            "dense_memory_bytes": mem_d, "sparse_memory_bytes": mem_s,
+            "memory_ratio": round(mem_d["total"] / mem_s["total"], 2),
+            "rejected_rounds": {"train": q_train["rejected_rounds"], "infer": q_infer["rejected_rounds"]},
+            "other_cpu_median": {"train": q_train["other_cpu_median"], "infer": q_infer["other_cpu_median"]},
+        }
+        target = TARGETS.get(s) if width == TARGET_WIDTH else None
+        if target is not None:
+            row["target"] = target
+            row["verdict"] = "PASS" if train_x >= target["train"] and infer_x >= target["infer"] else "MISS"
+        rows.append(row)
+    print(f"\nwidth {width} (784-{width}-{width}-10, batch {args.batch}, {args.method}, "
+          f"{args.distribution}): train {tr} rounds x {tb}, inference {ir} x {ib}, {reps} updates; "
+          f"{time.perf_counter() - t_start:.0f} s; contended rounds discarded: train "
+          f"{q_train['rejected_rounds']}, inference {q_infer['rejected_rounds']}")
+    print("   layers at sparsity {:g}: {}".format(args.sparsities[-1], ", ".join(
+        f"{n} {e} density {d}" for n, e, d in layers)))
+    print_table(
+        ["sparsity", "1/density", "train dense ms", "train sparse ms", "train x", "95% CI",
+         "infer dense ms", "infer sparse ms", "infer x", "update ms d/s", "update step ms d/s",
+         "memory MB d/s", "verdict"],
+        [[f"{r['sparsity']:g}", f"{r['limit']:.1f}", f"{r['dense_train_ms']:.2f}", f"{r['sparse_train_ms']:.2f}",
+          f"{r['train_speedup']:.2f}x", f"[{r['train_speedup_ci95'][0]:.2f}, {r['train_speedup_ci95'][1]:.2f}]",
+          f"{r['dense_infer_ms']:.2f}", f"{r['sparse_infer_ms']:.2f}", f"{r['infer_speedup']:.2f}x",
+          f"{r['dense_update_ms']:.1f} / {r['sparse_update_ms']:.1f}",
+          f"{r['dense_update_step_ms']:.1f} / {r['sparse_update_step_ms']:.1f}",
+          f"{r['dense_memory_bytes']['total'] / 2**20:.1f} / {r['sparse_memory_bytes']['total'] / 2**20:.1f}",
+          r.get("verdict", "-")] for r in rows])
+    del variants
+    return rows
+
+
+def run_model(args: argparse.Namespace) -> dict[str, Any]:
+    results = []
+    for width in args.widths:
+        results += run_width(width, args)
+    return {"method": args.method, "distribution": args.distribution, "batch": args.batch,
+            "results": results}
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -211,6 +369,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch threads (0: all available CPUs)")
     p.add_argument("--kernel-rounds", type=int, default=15)
+    p.add_argument("--method", default="rigl", help="itop method of both executions")
+    p.add_argument("--distribution", default="erk", help="density distribution (erk: the methods' default)")
+    p.add_argument("--update-reps", type=int, default=3, help="timed topology updates per variant")
     p.add_argument("--quick", action="store_true", help="few rounds: a smoke run, not a measurement")
     p.add_argument("--max-other-cpu", type=float, default=0.10,
                    help="discard and re-run a round when other processes used more than this share "
@@ -229,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     print_header(f"itop bench_sparse ({args.part}): sparse vs dense execution", info)
     monitor = CpuMonitor()
     start = time.perf_counter()
-    payload = run_kernels(args)
+    payload = run_kernels(args) if args.part == "kernels" else run_model(args)
     wall = time.perf_counter() - start
     contention = monitor.fraction()
     info.update({"bench": "sparse", "part": args.part, "mode": "quick" if args.quick else "full",

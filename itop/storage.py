@@ -200,15 +200,15 @@ class SparseValuesStorage(WeightStorage):
         return self.module.values
 
     def _source(self, new_idx: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
-        """For each new position, its index in the current values, or -1 if it has none."""
+        """For each new position, its index in the current values, or -1 if it has none (or
+        is in ``reset``): one dense position map, O(numel) but no sort or search."""
         old_idx = self.module.indices
-        if old_idx.numel() == 0:
-            return torch.full_like(new_idx, -1)
-        pos = torch.searchsorted(old_idx, new_idx).clamp_(max=old_idx.numel() - 1)
-        found = old_idx.index_select(0, pos) == new_idx
+        itype = torch.int32 if max(self.numel, old_idx.numel()) < 2**31 else torch.long
+        posmap = torch.full((self.numel,), -1, dtype=itype, device=old_idx.device)
+        posmap.index_copy_(0, old_idx, torch.arange(old_idx.numel(), dtype=itype, device=old_idx.device))
         if reset is not None and reset.numel():
-            found &= ~torch.isin(new_idx, reset)
-        return torch.where(found, pos, torch.full_like(pos, -1))
+            posmap.index_fill_(0, reset, -1)
+        return posmap.index_select(0, new_idx).to(torch.long)
 
     @torch.no_grad()
     def set_active(self, active: torch.Tensor, full: bool,
@@ -273,7 +273,10 @@ class SparseValuesStorage(WeightStorage):
     def commit(self, view: UpdateView, active: torch.Tensor, reset: torch.Tensor,
                optimizer: torch.optim.Optimizer | None) -> None:
         m = self.module
-        new_idx = torch.sort(active.to(device=m.indices.device, dtype=torch.long)).values
+        # The edited mask holds exactly the new active set; its nonzeros come sorted.
+        new_idx = view.mask.reshape(-1).nonzero().squeeze(1).to(m.indices.device)
+        if new_idx.numel() != active.numel():
+            raise RuntimeError(f"'{self.name}': the update's mask and active set disagree")
         source = self._source(new_idx, reset.to(device=m.indices.device, dtype=torch.long))
         remap_state(optimizer, m.values, source, m.values.shape)
         m.set_structure(new_idx, flat_gather(view.weight, new_idx))
