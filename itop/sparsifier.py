@@ -630,6 +630,16 @@ class Sparsifier:
         """Bool mask per sparsified weight name (True = active)."""
         return {layer.name: layer.storage.bool_mask() for layer in self._layers}
 
+    def dense_weights(self) -> dict[str, torch.Tensor]:
+        """Every sparsified weight as a dense tensor by name, inactive entries zero.
+
+        For dense-masked layers these are the parameters themselves (detached); for layers
+        that run sparse they are materialised copies. Use this instead of
+        ``model.named_parameters()`` when the model may run sparse (its sparse layers have
+        ``values``, not ``weight``).
+        """
+        return {layer.name: layer.storage.dense_weight() for layer in self._layers}
+
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self._layers]
 

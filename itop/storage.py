@@ -110,6 +110,10 @@ class WeightStorage:
         """Current values of the weights at flat positions ``idx`` (all active)."""
         raise NotImplementedError
 
+    def dense_weight(self) -> torch.Tensor:
+        """The weight as a dense tensor, inactive entries zero (no gradient)."""
+        raise NotImplementedError
+
     def begin_update(self, optimizer: torch.optim.Optimizer | None, needs_dense_grad: bool) -> UpdateView:
         raise NotImplementedError
 
@@ -160,6 +164,9 @@ class DenseMaskedStorage(WeightStorage):
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
         return flat_gather(self._param.detach(), idx)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self._param.detach()
 
     def foreign_state_shapes(self, count: int) -> set[tuple[int, ...]]:
         return {(count,)} if len(self.shape) > 1 else set()
@@ -234,6 +241,9 @@ class SparseValuesStorage(WeightStorage):
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.searchsorted(self.module.indices, idx.to(self.module.indices.device))
         return self.module.values.detach().index_select(0, pos)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.module.dense_weight()
 
     def want_dense_grad(self, wanted: bool) -> None:
         self.module.grad_sink.wanted = wanted

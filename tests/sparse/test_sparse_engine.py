@@ -243,3 +243,18 @@ def test_gradient_accumulation_sums_the_dense_gradient_like_dense_mode():
             sp.step()
         runs.append(sp.masks())
     assert all(torch.equal(a, b) for a, b in zip(runs[0].values(), runs[1].values(), strict=True))
+
+
+def test_dense_weights_by_name_in_both_modes():
+    torch.manual_seed(0)
+    init = mlp()
+    out = {}
+    for execution in ("dense", "sparse"):
+        model = copy.deepcopy(init)
+        sp = itop.build("set", model, None, sparsity=0.8, total_steps=100, seed=2, execution=execution)
+        out[execution] = sp.dense_weights()
+        for name, w in out[execution].items():
+            assert w.shape == dict(sp.masks())[name].shape and (w[~sp.masks()[name]] == 0).all()
+    assert out["dense"].keys() == out["sparse"].keys()
+    for name in out["dense"]:
+        assert torch.equal(out["dense"][name], out["sparse"][name])
