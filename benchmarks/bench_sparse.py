@@ -51,6 +51,7 @@ from _common import (  # noqa: E402
 
 import itop  # noqa: E402
 from itop.models import build_model  # noqa: E402
+from itop.sparse import SparseLinear  # noqa: E402
 from itop.sparse.kernels import CsrLayout  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
@@ -124,13 +125,13 @@ def kernel_candidates(shape: tuple[int, int], density: float, batch: int,
     g = torch.randn(batch, out_f, generator=gen)
     xt, gt = x.t().contiguous(), g.t().contiguous()
     w_dense = torch.randn(out_f, in_f, generator=gen)
-    csr = lay.matrix(values)
-    csr32 = torch.sparse_csr_tensor(lay.crow.int(), lay.col.int(), values, shape)
+    csr = lay.matrix(values)  # int32 indices, as the layer uses
+    csr64 = torch.sparse_csr_tensor(lay.crow.long(), lay.col.long(), values, shape)
     coo = csr.to_sparse_coo().coalesce()
     t_csr = lay.transposed(values)
     pattern = lay.pattern(values.dtype)
-    rows = torch.repeat_interleave(torch.arange(out_f), lay.crow.diff())
-    cols = lay.col
+    rows = torch.repeat_interleave(torch.arange(out_f), lay.crow.long().diff())
+    cols = lay.col.long()
 
     def gather_forward(chunk: int = 1 << 15) -> torch.Tensor:
         yt = torch.zeros(out_f, batch)
@@ -149,9 +150,10 @@ def kernel_candidates(shape: tuple[int, int], density: float, batch: int,
     return {
         "forward": {
             "dense x@W.T": lambda: x @ w_dense.t(),
-            "csr reduce (ATen)": lambda: torch.sparse.mm(csr, xt, "sum"),
-            "csr mkl int64": lambda: torch.sparse.mm(csr, xt),
-            "csr mkl int32": lambda: torch.sparse.mm(csr32, xt),
+            "csr reduce (ATen) int32": lambda: torch.sparse.mm(csr, xt, "sum"),
+            "csr reduce (ATen) int64": lambda: torch.sparse.mm(csr64, xt, "sum"),
+            "csr mkl int32": lambda: torch.sparse.mm(csr, xt),
+            "csr mkl int64": lambda: torch.sparse.mm(csr64, xt),
             "coo": lambda: torch.sparse.mm(coo, xt),
             "dense@csr.t()": lambda: x @ csr.t(),
             "gather+index_add": gather_forward,
@@ -260,8 +262,9 @@ class Variant:
         state = sum(v.numel() * v.element_size() for st in self.optimizer.state.values()
                     for v in st.values() if isinstance(v, torch.Tensor))
         structure = sum(m.numel() * m.element_size() for m in self.sparsifier._mask_tensors)
-        structure += sum(b.numel() * b.element_size() for n, b in self.model.named_buffers()
-                         if n.endswith("indices"))
+        for m in self.model.modules():  # sparse layers: flat positions and their CSR structures
+            if isinstance(m, SparseLinear):
+                structure += m.indices.numel() * m.indices.element_size() + m.layout().nbytes()
         return {"params": params, "optimizer_state": state, "structure": structure,
                 "total": params + state + structure}
 

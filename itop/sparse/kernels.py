@@ -76,11 +76,11 @@ def spmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return SPMM.get(b.device.type, _spmm_library)(a, b)
 
 
-def _row_pointers(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+def _row_pointers(rows: torch.Tensor, n_rows: int, dtype: torch.dtype) -> torch.Tensor:
     counts = torch.bincount(rows, minlength=n_rows)
     crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
     torch.cumsum(counts, 0, out=crow[1:])
-    return crow
+    return crow.to(dtype)
 
 
 class CsrLayout:
@@ -94,6 +94,9 @@ class CsrLayout:
         crow, col: CSR structure of ``W`` (row pointers, column of each value).
         t_crow, t_col: CSR structure of ``Wᵀ`` (column pointers of ``W``, row of each entry).
         t_perm: ``values[t_perm]`` are the values in ``Wᵀ``'s order.
+
+    Index tensors are int32 whenever the counts fit (both kernels accept it; it takes half the
+    memory of int64 and was no slower when measured).
     """
 
     def __init__(self, indices: torch.Tensor, shape: tuple[int, int]) -> None:
@@ -101,15 +104,22 @@ class CsrLayout:
         self.shape = (int(out_features), int(in_features))
         self.nnz = int(indices.numel())
         self.device = indices.device
+        itype = torch.int32 if max(self.nnz, out_features, in_features) < 2**31 - 1 else torch.long
         rows = torch.div(indices, in_features, rounding_mode="floor")
         cols = indices - rows * in_features
-        self.crow = _row_pointers(rows, out_features)
-        self.col = cols
+        self.crow = _row_pointers(rows, out_features, itype)
+        self.col = cols.to(itype)
         # A stable sort by column keeps rows ascending within each column: CSR of Wᵀ.
-        self.t_perm = torch.sort(cols, stable=True).indices
-        self.t_crow = _row_pointers(cols, in_features)
-        self.t_col = rows.index_select(0, self.t_perm)
+        order = torch.sort(cols, stable=True).indices
+        self.t_crow = _row_pointers(cols, in_features, itype)
+        self.t_col = rows.index_select(0, order).to(itype)
+        self.t_perm = order.to(itype)
         self._zeros: dict[torch.dtype, torch.Tensor] = {}
+
+    def nbytes(self) -> int:
+        """Memory held by the structure (index tensors and the sampling mask)."""
+        tensors = [self.crow, self.col, self.t_crow, self.t_col, self.t_perm, *self._zeros.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """``W`` as a CSR tensor sharing ``values``' storage."""
