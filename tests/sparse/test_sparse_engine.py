@@ -258,3 +258,16 @@ def test_dense_weights_by_name_in_both_modes():
     assert out["dense"].keys() == out["sparse"].keys()
     for name in out["dense"]:
         assert torch.equal(out["dense"][name], out["sparse"][name])
+
+
+def test_pruning_at_init_masks_run_sparse():
+    torch.manual_seed(0)
+    init = mlp()
+    data = batches(3)
+    masks = {}
+    for execution in ("dense", "sparse"):
+        model = copy.deepcopy(init)
+        sp = itop.build("snip", model, None, sparsity=0.9, batches=data[:1], execution=execution)
+        masks[execution] = sp.masks()
+    assert len(sparse_layers(model)) == 3
+    assert all(torch.equal(masks["dense"][k], masks["sparse"][k]) for k in masks["dense"])
