@@ -11,7 +11,7 @@ Three lines add dynamic sparse training to a PyTorch loop::
     sparsifier.itop_rate()
 """
 
-from . import criteria, distributed, distributions, flops, pruning, schedules
+from . import criteria, distributed, distributions, flops, pruning, schedules, sparse, storage
 from .criteria import Criterion, LayerContext, ScoreCriterion
 from .errors import (
     CheckpointError,
@@ -74,5 +74,7 @@ __all__ = [
     "rescale_to_sparse_fan_in",
     "resolve_config",
     "schedules",
+    "sparse",
+    "storage",
     "unwrap_model",
 ]
