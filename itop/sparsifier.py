@@ -31,9 +31,10 @@ from . import distributed
 from ._backend import RandomState, flat_gather, flat_set_, sample_positions, top_n
 from .criteria import Criterion, LayerContext, get_grow, get_prune
 from .distributions import Distribution, allocate, get_distribution
-from .errors import CheckpointError, ConfigError, unknown_name
+from .errors import CheckpointError, ConfigError, check_sparsity
 from .initialization import rescale_to_sparse_fan_in
 from .optim_state import reset_state
+from .registry import Registry
 from .schedules import ConstantDrop, DropSchedule, UpdateSchedule
 from .targets import Target, TargetSelector
 from .tracker import ExplorationTracker
@@ -70,11 +71,11 @@ def _grow_normal(old: torch.Tensor, kept: Callable[[], torch.Tensor], rng: Rando
     return (noise * std).to(old.dtype)
 
 
-GROW_INITS: dict[str, Callable[[torch.Tensor, Callable[[], torch.Tensor], RandomState], torch.Tensor]] = {
-    "zero": _grow_zero,  # RigL, ITOP: grown weights start at zero
-    "keep": _grow_keep,  # a weight dropped and regrown in the same update keeps its value
-    "normal": _grow_normal,  # N(0, (0.1 * std of the layer's kept weights)^2)
-}
+GrowInit = Callable[[torch.Tensor, Callable[[], torch.Tensor], RandomState], torch.Tensor]
+GROW_INITS: Registry[GrowInit] = Registry("grow init")
+GROW_INITS.register("zero", _grow_zero)  # RigL, ITOP: grown weights start at zero
+GROW_INITS.register("keep", _grow_keep)  # a weight dropped and regrown in the same update keeps its value
+GROW_INITS.register("normal", _grow_normal)  # N(0, (0.1 * std of the layer's kept weights)^2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,13 +186,8 @@ class Sparsifier:
         sparsity_schedule: Callable[[int], float] | None = None,
         global_pruning: bool = False,
     ) -> None:
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise ConfigError(
-                f"sparsity must be in [0, 1) (the fraction of weights set to zero), got {sparsity!r}; "
-                "e.g. sparsity=0.9 keeps 10% of the weights"
-            )
-        if grow_init not in GROW_INITS:
-            raise unknown_name("grow init", grow_init, GROW_INITS)
+        check_sparsity(sparsity)
+        self._grow_init = GROW_INITS.lookup(grow_init)
         self.model = model
         self.optimizer = optimizer
         self.sparsity = float(sparsity)
@@ -202,7 +198,6 @@ class Sparsifier:
         self.drop_schedule: DropSchedule = ConstantDrop(drop) if isinstance(drop, (int, float)) else drop
         self.selector = targets or TargetSelector()
         self.grow_init = grow_init
-        self._grow_init = GROW_INITS[grow_init]
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.rng = RandomState(seed)

@@ -46,7 +46,6 @@ from their last checkpoint (each run is ``itop train ... --resume auto``).
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import os
@@ -62,8 +61,8 @@ from typing import Any
 
 import yaml
 
-from .config import NEVER, RunConfig, coerce_value, dump_config, parse_overrides, read_yaml
-from .errors import ConfigError, ItopError
+from ..errors import ConfigError, did_you_mean
+from .config import CONTROL, KEYS, NEVER, RunConfig, check_key, coerce_value, dump_config, read_yaml
 
 __all__ = [
     "SCALES",
@@ -73,7 +72,6 @@ __all__ = [
     "expand",
     "format_table",
     "load_sweep",
-    "main",
     "plan_sweep",
     "run_sweep",
 ]
@@ -88,20 +86,9 @@ RESERVED = {
 }
 # What a sweep run does differently from a plain `itop train` unless the file says otherwise.
 SWEEP_DEFAULTS: dict[str, Any] = {"progress": "none", "tensorboard": False}
-# Keys that do not change what a run computes: a run folder made with other values is reused.
-CONTROL_KEYS = frozenset({
-    "threads", "out_dir", "name", "resume", "progress", "tensorboard", "max_steps",
-    "checkpoint_every_steps", "keep_checkpoints", "eval_every", "device", "num_workers",
-    "data_dir", "download", "compile", "channels_last", "dist_backend",
-})
-# Name parts: keys listed here come first, in this order, with these prefixes; other varying
-# keys follow in config order (prefix: the key itself), and the seed comes last.
-NAME_PREFIX = {
-    "method": "", "model": "", "dataset": "", "sparsity": "s", "update_interval": "dt",
-    "batch_size": "b", "multiplier": "x", "epochs": "e",
-}
-VALUE_ONLY = {"distribution", "prune", "grow", "optimizer", "lr_schedule", "drop_schedule",
-              "grow_init", "init_pruning", "amp"}
+# Keys that do not change what a run computes (role "control" in the config schema): a run
+# folder made with other values is reused.
+CONTROL_KEYS = frozenset(k for k, spec in KEYS.items() if spec.role == CONTROL)
 SWEEP_FILES = ("sweep-run.yaml", "sweep.log")
 
 
@@ -111,7 +98,7 @@ class RunSpec:
 
     Attributes:
         name: Deterministic run name built from the values that vary across the sweep.
-        config: The full :class:`~itop.config.RunConfig` mapping of the run (``name`` and
+        config: The full :class:`~itop.training.config.RunConfig` mapping of the run (``name`` and
             ``out_dir`` included), as written to the YAML file ``itop train`` reads.
         out_dir: The sweep's folder, ``<out_dir>/<sweep name>-<scale>``; the run's outputs go to
             ``out_dir / name``.
@@ -170,8 +157,7 @@ class RunResult:
 
 
 def _closest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(options)}"
+    return did_you_mean(word, options) or f"; valid: {', '.join(options)}"
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -183,12 +169,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def _config_key(key: Any, where: str) -> str:
-    norm = str(key).replace("-", "_")
-    valid = RunConfig.keys()
-    if norm not in valid:
-        close = difflib.get_close_matches(norm, valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else " (see `itop train --help`)"
-        raise ConfigError(f"unknown config key '{key}' in {where}{hint}")
+    norm = check_key(key, where)
     if norm in RESERVED:
         raise ConfigError(f"config key '{norm}' cannot be set in {where}: {RESERVED[norm]}")
     return norm
@@ -303,6 +284,7 @@ def _safe(text: str) -> str:
 
 
 def _format(key: str, value: Any) -> str:
+    """One part of a run name: the key's label (config schema) and the value."""
     if isinstance(value, bool):
         text = str(value).lower()
     elif isinstance(value, float):
@@ -313,13 +295,15 @@ def _format(key: str, value: Any) -> str:
         text = json.dumps(value, separators=(",", ":"), sort_keys=True)
     else:
         text = str(value)
-    prefix = NAME_PREFIX.get(key, "" if key in VALUE_ONLY else key)
-    return _safe(prefix + text)
+    label = KEYS[key].label
+    return _safe((key if label is None else label) + text)
 
 
 def _name_order(keys: set[str]) -> list[str]:
-    order = list(NAME_PREFIX) + [k for k in RunConfig.keys() if k not in NAME_PREFIX and k != "seed"] + ["seed"]
-    return [k for k in order if k in keys]
+    """Name parts by the keys' rank in the schema (the method first, the seed last), then
+    config order."""
+    order = {k: i for i, k in enumerate(KEYS)}
+    return sorted(keys, key=lambda k: (KEYS[k].rank, order[k]))
 
 
 def _describe(point: Mapping[str, Any]) -> str:
@@ -386,7 +370,7 @@ def plan_sweep(
         for combo in itertools.product(*(grid[k] for k in free)):
             points.append({**dict(zip(free, combo, strict=True)), **extra})
 
-    defaults = RunConfig().to_dict()
+    defaults = RunConfig().to_flat()
     candidates: list[tuple[dict[str, Any], RunConfig, dict[str, Any]]] = []
     for point in points:
         merged = {**base, **point}
@@ -396,7 +380,7 @@ def plan_sweep(
                 values.update(setting)
         values.update(over)
         try:
-            cfg = RunConfig(**values)
+            cfg = RunConfig.from_flat(values)
             if cfg.update_interval == NEVER and cfg.reliable_steps is None:
                 raise ConfigError(
                     "update_interval 'never' needs reliable_steps set (the reliable R_s threshold "
@@ -411,7 +395,7 @@ def plan_sweep(
     excluded = 0
     kept = []
     for point, cfg, resolved in candidates:
-        if any(all(getattr(cfg, k) == v for k, v in ex.items()) for ex in excludes):
+        if any(all(cfg.get(k) == v for k, v in ex.items()) for ex in excludes):
             excluded += 1
         else:
             kept.append((point, cfg, resolved))
@@ -436,8 +420,7 @@ def plan_sweep(
                 f"'{name}'; make their values differ more clearly"
             )
         names[name] = point
-        cfg.name = name
-        cfg.out_dir = str(folder)
+        cfg = cfg.replace(name=name, out_dir=str(folder))
         runs.append(RunSpec(name=name, config=cfg.to_dict(), out_dir=folder, values=shown))
     return SweepPlan(name=sweep["name"], scale=scale, path=path, out_dir=folder, runs=runs,
                      varying=varying, grid=grid, excluded=excluded, duplicates=duplicates,
@@ -476,7 +459,7 @@ def _mismatch(spec: RunSpec) -> str | None:
         return None
     if not isinstance(saved, dict):
         return None
-    resolved = RunConfig(**spec.config).resolved()
+    resolved = RunConfig.from_flat(spec.config).resolved()
     for key, value in resolved.items():
         if key in CONTROL_KEYS or key not in saved:
             continue
@@ -603,7 +586,7 @@ def run_sweep(
         return [results[s.name] for s in plan.runs]
 
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     queue = deque(todo)
@@ -681,88 +664,3 @@ def format_table(results: Sequence[RunResult]) -> str:
     lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in [header, *rows]]
     return "\n".join(line.rstrip() for line in lines)
-
-
-# -- command line ------------------------------------------------------------------------------
-
-EPILOG = """Sweep files: base config, grid (key: [values]; the product is the runs), optional
-runs_extra and exclude, and scales smoke/cpu/paper (see configs/studies/ and `itop.sweep`).
-Any other `--key value` is a config key set on every run (e.g. --data-dir /data/fashion-mnist
---device cuda). Rerunning the same command skips completed runs and resumes interrupted ones."""
-
-
-def _say(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``itop sweep -c SWEEP.yaml [--scale S] [--out-dir D] [--jobs N] [--threads T] [--dry-run]``.
-
-    Returns the exit status: 0 when every run completed, 1 when a run failed, 2 on bad input,
-    130 when interrupted.
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="itop sweep", description="Run a study: a grid of trainings "
-                                     "from one sweep file.", epilog=EPILOG, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="sweep YAML file, e.g. configs/studies/itop-rate.yaml")
-    parser.add_argument("--scale", default="cpu", choices=SCALES, help="which scale of the study to run (default cpu)")
-    parser.add_argument("--out-dir", default=None, help="root output folder (default: the file's out_dir, else runs)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
-    parser.add_argument("--dry-run", action="store_true", help="print the runs and exit")
-    args, extra = parser.parse_known_args(None if argv is None else list(argv))
-    previous = None
-    try:
-        overrides = parse_overrides(extra)
-        plan = plan_sweep(args.config, args.scale, args.out_dir, overrides)
-        if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-            raise ConfigError("--jobs and --threads must be positive integers")
-        threads = args.threads or (plan.runs[0].config.get("threads") if plan.runs else None) \
-            or max(1, _cpu_count() // args.jobs)
-        sizes = " x ".join(f"{len(set(map(repr, plan.grid[k])))} {k}" for k in plan.grid if len(plan.grid[k]) > 1)
-        _say(f"itop sweep: {plan.name} at scale {plan.scale}: {len(plan.runs)} runs into {plan.out_dir}/")
-        if plan.description:
-            _say(f"  {' '.join(plan.description.split())}")
-        _say(f"  varying: {', '.join(plan.varying) or 'nothing'}" + (f"   (grid {sizes})" if sizes else ""))
-        if plan.excluded or plan.duplicates:
-            _say(f"  {plan.excluded} excluded, {plan.duplicates} duplicate configs run once")
-        _say(f"  {args.jobs} job(s) x {threads} thread(s) each")
-        if not args.dry_run:
-            try:
-                previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-            except ValueError:  # not the main thread: leave SIGTERM alone
-                previous = None
-        results = run_sweep(plan, jobs=args.jobs, threads=args.threads, dry_run=args.dry_run, progress=_say)
-    except ItopError as e:
-        sys.stderr.write(f"itop: error: {e}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("itop: sweep interrupted; run the same command again to continue (completed runs "
-                         "are skipped, interrupted ones resume from their last checkpoint)\n")
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if args.dry_run:
-        for r in results:
-            _say(f"  {r.status:8s} {r.run_dir}")
-        return 1 if any(r.status == "failed" for r in results) else 0
-    _say()
-    _say(format_table(results))
-    failed = [r for r in results if r.status == "failed"]
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    _say(f"\n{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; results in {plan.out_dir}/")
-    for r in failed:
-        _say(f"failed: {r.name}: {r.error}" + (f" (log: {r.log})" if r.log else ""))
-    return 1 if failed else 0
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    sys.exit(main())
