@@ -29,7 +29,7 @@ from .distributions import erdos_renyi_kernel, get_distribution
 from .errors import ConfigError, check_sparsity, did_you_mean
 from .registry import Registry
 from .schedules import CubicSparsity, UpdateSchedule, make_drop_schedule
-from .sparsifier import GROW_INITS, Sparsifier
+from .sparsifier import DROP_ROUNDINGS, GROW_INITS, Sparsifier
 from .targets import TargetSelector
 
 __all__ = ["METHODS", "Method", "SparseConfig", "build", "get_method", "list_methods", "register_method"]
@@ -60,6 +60,11 @@ class SparseConfig:
         final_drop_fraction: Drop fraction at the end (cosine/linear schedules).
         drop_schedule: ``constant``, ``cosine`` or ``linear``.
         grow_init: ``zero``, ``keep`` or ``normal``.
+        keep_regrown: A weight dropped and regrown in the same update is treated as never
+            dropped (keeps its value and optimizer state; the tracker sees no change), as the
+            authors' code does. ``false``: it is reset like any grown weight.
+        drop_rounding: ``floor`` or ``ceil`` of ``drop_fraction * active`` (Google's RigL/SET
+            code floors, the ITOP and SNFS code ceils).
         sparse_init: Rescale initial weights to the sparse fan-in (Evci et al. 2022).
         keep_first_dense: Keep the first sparsifiable layer dense.
         keep_last_dense: Keep the last sparsifiable layer dense.
@@ -94,6 +99,8 @@ class SparseConfig:
     final_drop_fraction: float = 0.0
     drop_schedule: str = field(default="cosine", metadata=_VALUE_ONLY)
     grow_init: str = field(default="zero", metadata=_VALUE_ONLY)
+    keep_regrown: bool = True
+    drop_rounding: str = "floor"
     sparse_init: bool = False
     keep_first_dense: bool = False
     keep_last_dense: bool = False
@@ -129,6 +136,9 @@ class SparseConfig:
         get_prune(self.prune)
         get_grow(self.grow)
         GROW_INITS.lookup(self.grow_init)
+        DROP_ROUNDINGS.lookup(self.drop_rounding)
+        if not isinstance(self.keep_regrown, bool):
+            raise ConfigError(f"keep_regrown must be true or false, got {self.keep_regrown!r}")
         for pattern, s in self.layer_sparsity.items():
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
                 raise ConfigError(f"layer_sparsity['{pattern}'] must be in [0, 1), got {s!r}")
@@ -250,7 +260,7 @@ def from_config(
             "in your loop (see its docstring) or `itop train --method imp`"
         )
     end = _as_steps(config.update_end, total_steps, "update_end")
-    update = UpdateSchedule(config.update_interval, config.update_start, end)
+    update = UpdateSchedule(config.update_interval, config.update_start, end, total_steps)
     drop_end = end if end is not None else total_steps
     drop = make_drop_schedule(
         config.drop_schedule, config.drop_fraction, config.final_drop_fraction,
@@ -271,10 +281,11 @@ def from_config(
             raise ConfigError("gradual pruning's schedule is a fraction of training: pass total_steps=")
         interval = config.update_interval
         start = int(config.prune_start * total_steps)
-        # The last pruning step is the last multiple of ΔT in the window: the target is reached there.
-        stop = (int(config.prune_end * total_steps) // interval) * interval
+        # The last pruning step is the last multiple of ΔT in the window, before the last step of
+        # training (never an update): the target is reached there.
+        stop = (min(int(config.prune_end * total_steps), total_steps - 1) // interval) * interval
         sparsity_schedule = CubicSparsity(config.initial_sparsity, config.sparsity, start, stop)
-        update = UpdateSchedule(interval, start, stop + 1)
+        update = UpdateSchedule(interval, start, stop + 1, total_steps)
     if masks is None and config.init_pruning is not None:
         from .pruning import prune_at_init
 
@@ -294,6 +305,8 @@ def from_config(
         drop=drop,
         targets=selector,
         grow_init=config.grow_init,
+        keep_regrown=config.keep_regrown,
+        drop_rounding=config.drop_rounding,
         sparse_init=config.sparse_init,
         reliable_steps=config.reliable_steps,
         seed=config.seed,
@@ -360,19 +373,19 @@ register_method(
     "snfs", "SNFS (Dettmers & Zettlemoyer 2019): magnitude prune, momentum growth; ΔT 100, "
     "drop 0.5 cosine.",
     grow="momentum", update_interval=100, drop_fraction=0.5, drop_schedule="cosine",
-    final_drop_fraction=0.0, update_end=1.0, **_PAPER,
+    final_drop_fraction=0.0, update_end=1.0, drop_rounding="ceil", **_PAPER,
 )
 register_method(
     "set-itop", "SET-ITOP (Liu et al. 2021): SET with ΔT 1500 and drop 0.5 -> 0.005 cosine "
     "until the end, for reliable exploration (paper's CIFAR setting, batch 128).",
     grow="random", update_interval=1500, drop_fraction=0.5, final_drop_fraction=0.005,
-    drop_schedule="cosine", update_end=1.0, **_PAPER,
+    drop_schedule="cosine", update_end=1.0, drop_rounding="ceil", **_PAPER,
 )
 register_method(
     "rigl-itop", "RigL-ITOP (Liu et al. 2021): RigL with ΔT 4000 and drop 0.5 -> 0.005 cosine "
     "until the end (paper's CIFAR setting, batch 128).",
     grow="gradient", update_interval=4000, drop_fraction=0.5, final_drop_fraction=0.005,
-    drop_schedule="cosine", update_end=1.0, **_PAPER,
+    drop_schedule="cosine", update_end=1.0, drop_rounding="ceil", **_PAPER,
 )
 
 register_method(

@@ -8,7 +8,7 @@ from itop.methods import METHODS
 from itop.pruning import PRUNE_AT_INIT
 from itop.registry import Registry
 from itop.schedules import DROP_SCHEDULES
-from itop.sparsifier import GROW_INITS
+from itop.sparsifier import DROP_ROUNDINGS, GROW_INITS
 from itop.training.factories import AMP_MODES, LR_SCHEDULES, OPTIMIZERS
 
 
@@ -45,7 +45,8 @@ def test_copy_is_independent():
 
 
 @pytest.mark.parametrize("table", [METHODS, PRUNE_CRITERIA, GROW_CRITERIA, DISTRIBUTIONS, DROP_SCHEDULES,
-                                   GROW_INITS, PRUNE_AT_INIT, OPTIMIZERS, LR_SCHEDULES, AMP_MODES])
+                                   GROW_INITS, DROP_ROUNDINGS, PRUNE_AT_INIT, OPTIMIZERS, LR_SCHEDULES,
+                                   AMP_MODES])
 def test_every_name_table_is_one_registry(table):
     assert isinstance(table, Registry)
     name = next(iter(table))
