@@ -16,7 +16,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError
+from .registry import Registry
 
 __all__ = [
     "DROP_SCHEDULES",
@@ -155,20 +156,31 @@ def _check_fraction(what: str, value: float) -> None:
         raise ConfigError(f"{what} must be in [0, 1], got {value}")
 
 
-DROP_SCHEDULES = {"constant": ConstantDrop, "cosine": CosineDrop, "linear": LinearDrop}
+def _constant(initial: float, final: float, start: int, end: int | None) -> DropSchedule:
+    return ConstantDrop(initial)
+
+
+def _annealed(name: str, cls: type) -> Callable[[float, float, int, int | None], DropSchedule]:
+    def build(initial: float, final: float, start: int, end: int | None) -> DropSchedule:
+        if end is None:
+            raise ConfigError(f"the '{name}' drop schedule needs total_steps; pass total_steps=")
+        return cls(initial, final, end, start)
+
+    return build
+
+
+#: Drop-fraction schedules by name: ``build(initial, final, start, end) -> schedule``.
+DROP_SCHEDULES: Registry[Callable[[float, float, int, int | None], DropSchedule]] = Registry("drop schedule")
+DROP_SCHEDULES.register("constant", _constant)
+DROP_SCHEDULES.register("cosine", _annealed("cosine", CosineDrop))
+DROP_SCHEDULES.register("linear", _annealed("linear", LinearDrop))
 
 
 def make_drop_schedule(
     kind: str, initial: float, final: float = 0.0, start: int = 0, end: int | None = None
 ) -> DropSchedule:
     """Build a drop-fraction schedule by name (``constant``, ``cosine`` or ``linear``)."""
-    if kind not in DROP_SCHEDULES:
-        raise unknown_name("drop schedule", kind, DROP_SCHEDULES)
-    if kind == "constant":
-        return ConstantDrop(initial)
-    if end is None:
-        raise ConfigError(f"the '{kind}' drop schedule needs total_steps; pass total_steps=")
-    return DROP_SCHEDULES[kind](initial, final, end, start)
+    return DROP_SCHEDULES.lookup(kind)(initial, final, start, end)
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,9 @@ from . import distributed
 from ._backend import RandomState, flat_gather, flat_set_, sample_positions, top_n
 from .criteria import Criterion, LayerContext, get_grow, get_prune
 from .distributions import Distribution, allocate, get_distribution
-from .errors import CheckpointError, ConfigError, unknown_name
+from .errors import CheckpointError, ConfigError, check_sparsity
 from .initialization import rescale_to_sparse_fan_in
+from .registry import Registry
 from .schedules import ConstantDrop, DropSchedule, UpdateSchedule
 from .storage import (
     DenseMaskedStorage,
@@ -87,11 +88,11 @@ def _grow_normal(old: torch.Tensor, kept: Callable[[], torch.Tensor], rng: Rando
     return (noise * std).to(old.dtype)
 
 
-GROW_INITS: dict[str, Callable[[torch.Tensor, Callable[[], torch.Tensor], RandomState], torch.Tensor]] = {
-    "zero": _grow_zero,  # RigL, ITOP: grown weights start at zero
-    "keep": _grow_keep,  # with keep_regrown off: a weight dropped and regrown keeps its value
-    "normal": _grow_normal,  # N(0, (0.1 * std of the layer's kept weights)^2)
-}
+GrowInit = Callable[[torch.Tensor, Callable[[], torch.Tensor], RandomState], torch.Tensor]
+GROW_INITS: Registry[GrowInit] = Registry("grow init")
+GROW_INITS.register("zero", _grow_zero)  # RigL, ITOP: grown weights start at zero
+GROW_INITS.register("keep", _grow_keep)  # with keep_regrown off: a weight dropped and regrown keeps its value
+GROW_INITS.register("normal", _grow_normal)  # N(0, (0.1 * std of the layer's kept weights)^2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,10 +109,9 @@ def _drop_ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
 
 
-DROP_ROUNDINGS: dict[str, Callable[[float], int]] = {
-    "floor": _drop_floor,  # Google's RigL and SET (rigl/sparse_optimizers.py: int cast)
-    "ceil": _drop_ceil,  # the ITOP and SNFS code (sparselearning/core.py: math.ceil)
-}
+DROP_ROUNDINGS: Registry[Callable[[float], int]] = Registry("drop rounding")
+DROP_ROUNDINGS.register("floor", _drop_floor)  # Google's RigL and SET (rigl/sparse_optimizers.py: int cast)
+DROP_ROUNDINGS.register("ceil", _drop_ceil)  # the ITOP and SNFS code (sparselearning/core.py: math.ceil)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,15 +253,9 @@ class Sparsifier:
         global_pruning: bool = False,
         execution: str = "dense",
     ) -> None:
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise ConfigError(
-                f"sparsity must be in [0, 1) (the fraction of weights set to zero), got {sparsity!r}; "
-                "e.g. sparsity=0.9 keeps 10% of the weights"
-            )
-        if grow_init not in GROW_INITS:
-            raise unknown_name("grow init", grow_init, GROW_INITS)
-        if drop_rounding not in DROP_ROUNDINGS:
-            raise unknown_name("drop rounding", drop_rounding, DROP_ROUNDINGS)
+        check_sparsity(sparsity)
+        self._grow_init = GROW_INITS.lookup(grow_init)
+        self._round_drop = DROP_ROUNDINGS.lookup(drop_rounding)
         self.model = model
         self.optimizer = optimizer
         self.sparsity = float(sparsity)
@@ -272,10 +266,8 @@ class Sparsifier:
         self.drop_schedule: DropSchedule = ConstantDrop(drop) if isinstance(drop, (int, float)) else drop
         self.selector = targets or TargetSelector()
         self.grow_init = grow_init
-        self._grow_init = GROW_INITS[grow_init]
         self.keep_regrown = bool(keep_regrown)
         self.drop_rounding = drop_rounding
-        self._round_drop = DROP_ROUNDINGS[drop_rounding]
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.rng = RandomState(seed)

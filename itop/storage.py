@@ -37,8 +37,9 @@ from torch import nn
 
 from . import distributed
 from ._backend import flat_gather, flat_set_
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError
 from .optim_state import remap_state, reset_state, swap_parameter
+from .registry import Registry
 from .targets import Target, unwrap_model
 
 if TYPE_CHECKING:
@@ -357,18 +358,16 @@ def _check_sparse(sparsifier: Any) -> None:
 
 
 #: Execution modes by name (the ``execution`` key of configs and :func:`itop.build`).
-EXECUTIONS: dict[str, Execution] = {
-    "dense": Execution("dense", _keep_dense, _check_nothing,
-                       "dense weights masked after every optimizer step (the reference)"),
-    "sparse": Execution("sparse", _to_sparse, _check_sparse,
-                        "nn.Linear layers store and compute with their active weights only"),
-}
+EXECUTIONS: Registry[Execution] = Registry("execution")
+EXECUTIONS.register("dense", Execution("dense", _keep_dense, _check_nothing,
+                                       "dense weights masked after every optimizer step (the reference)"))
+EXECUTIONS.register("sparse", Execution("sparse", _to_sparse, _check_sparse,
+                                        "nn.Linear layers store and compute with their active weights only"))
 
 
 def get_execution(name: str) -> Execution:
-    if name not in EXECUTIONS:
-        raise unknown_name("execution", name, EXECUTIONS)
-    return EXECUTIONS[name]
+    """The execution mode called ``name`` (a one-line error with the nearest name otherwise)."""
+    return EXECUTIONS.lookup(name)
 
 
 def ignore_in_ddp(model: nn.Module, names: list[str]) -> None:

@@ -18,6 +18,7 @@ weights_only=True)``:
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import save_checkpoint
 from ..errors import CheckpointError, ConfigError
 from .convert import replace_module, sparse_capable, sparse_layers
 from .linear import SparseLinear
@@ -34,6 +34,22 @@ __all__ = ["EXPORT_FORMAT", "export_model", "load_export", "read_export"]
 
 EXPORT_FORMAT = "itop-sparse-export"
 EXPORT_VERSION = 1
+
+
+def _save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: a crash never
+    leaves a half-written file under the export's name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _csr(dense_shape: tuple[int, int], indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -106,7 +122,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *,
         )
     payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "state": state, "layers": layers,
                "model": dict(rebuild) if rebuild is not None else None, "meta": dict(meta or {})}
-    save_checkpoint(payload, path)
+    _save_atomic(payload, path)
     # numel() of a CSR tensor counts its dense entries, so this is the size stored dense.
     dense_bytes = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
     return {"path": str(path), "bytes": path.stat().st_size, "dense_bytes": dense_bytes,
