@@ -1,4 +1,4 @@
-"""Command line: ``itop train | eval | sweep | report | list`` (also ``python -m itop``).
+"""Command line: ``itop train | eval | export | sweep | report | list`` (also ``python -m itop``).
 
 The only place that parses arguments: each subcommand turns its flags (for ``train``, a YAML
 config plus ``--key value`` overrides) into library objects and calls the library. Errors caused
@@ -121,6 +121,25 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from .training.export import export_checkpoint
+
+    if extra:
+        raise ConfigError(f"itop export takes a checkpoint, -o OUT and --data-dir; unexpected {' '.join(extra)}")
+    info = export_checkpoint(args.checkpoint, args.output, data_dir=args.data_dir)
+    if args.json:
+        say(json.dumps(info))
+        return 0
+    mib = 2**20
+    say(f"exported {info['layers']} sparse layers ({info['nnz']} of {info['weights']} weights active) "
+        f"to {info['path']}")
+    say(f"file size: {info['bytes'] / mib:.2f} MiB; the model stored dense: {info['dense_bytes'] / mib:.2f} "
+        f"MiB ({info['dense_bytes'] / max(info['bytes'], 1):.1f}x larger); the checkpoint "
+        f"{args.checkpoint}: {info['checkpoint_bytes'] / mib:.2f} MiB")
+    say(f"evaluate it with: itop eval {info['path']}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
     from .data import dataset_descriptions
     from .methods import list_methods
@@ -229,6 +248,13 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON line")
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="RUN/best.pt or RUN/checkpoints/ckpt-*.pt")
+    p.add_argument("-o", "--output", required=True, help="output file (never overwritten)")
+    p.add_argument("--data-dir", default=None, help="the run's dataset (its files give the input shape)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+
+
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     from .training.sweep import SCALES
 
@@ -268,7 +294,10 @@ def _train_epilog() -> str:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace, list[str]], int], dict[str, Any]]] = {
     "train": ("train a model", _train_args, cmd_train, {"epilog": _train_epilog}),
-    "eval": ("evaluate a checkpoint (best.pt or checkpoints/ckpt-*.pt)", _eval_args, cmd_eval, {}),
+    "eval": ("evaluate a checkpoint (best.pt, checkpoints/ckpt-*.pt or an itop export file)",
+             _eval_args, cmd_eval, {}),
+    "export": ("write a run's model with its sparse layers compressed (CSR), for inference",
+               _export_args, cmd_export, {}),
     "sweep": ("run a grid of trainings from a sweep file", _sweep_args, cmd_sweep,
               {"description": "Run a study: a grid of trainings from one sweep file.",
                "epilog": lambda: EPILOG_SWEEP}),

@@ -13,11 +13,12 @@ from torch import nn
 from .. import distributed
 from ..errors import CheckpointError
 from ..flops import profile_model, summarize
+from ..sparse import EXPORT_FORMAT, load_export, read_export
 from .checkpoint import load_checkpoint
 from .config import RunConfig
 from .factories import input_shape, make_data, make_model, make_sparsifier, resolve_device
 
-__all__ = ["evaluate", "evaluate_checkpoint"]
+__all__ = ["evaluate", "evaluate_checkpoint", "evaluate_export", "restore_model"]
 
 
 @torch.no_grad()
@@ -45,9 +46,34 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast=None) -> t
     return loss / count, correct / count
 
 
+def restore_model(state: dict[str, Any], path: str | Path, cfg: RunConfig, data, dev: torch.device):
+    """The model and a static sparsifier of a saved run, in the run's execution mode.
+
+    The sparsifier is built first (with ``execution: sparse`` it replaces the model's linear
+    layers by sparse ones), then the model's and the sparsifier's state are loaded, as a resume
+    does.
+    """
+    model = make_model(cfg, data).to(dev)
+    # The masks come from the saved sparsifier state: build a static holder for them (no
+    # topology updates, no pruning at init, no gradual schedule, one IMP round; update_end 1, as
+    # a fraction of a 1-step run it would be an empty window).
+    config = dataclasses.replace(cfg.sparse_config(), update_interval=None, update_end=1.0,
+                                 init_pruning=None, initial_sparsity=None, rounds=1)
+    sp = make_sparsifier(cfg, model, None, 1, input_shape(data), config=config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit model {cfg.model}: {str(e).splitlines()[0]}") from None
+    sp.load_state_dict(state["sparsifier"])
+    return model, sp
+
+
 def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Accuracy, sparsity, R_s and FLOPs of a saved model (``best.pt`` or a checkpoint)."""
+    """Accuracy, sparsity, R_s and FLOPs of a saved model (``best.pt``, a checkpoint, or an
+    ``itop export`` file, see :func:`evaluate_export`)."""
     state = load_checkpoint(path)
+    if state.get("format") == EXPORT_FORMAT:
+        return evaluate_export(path, data_dir, device)
     if "config" not in state or "model" not in state:
         raise CheckpointError(f"{path} is not an itop checkpoint (no config/model); pass best.pt or a ckpt-*.pt")
     cfg = RunConfig.from_flat(state["config"])
@@ -55,28 +81,46 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, device: s
         cfg = cfg.replace(data_dir=data_dir)
     dev = resolve_device(device)
     data = make_data(cfg)
-    model = make_model(cfg, data).to(dev)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit model {cfg.model}: {str(e).splitlines()[0]}") from None
+    model, sp = restore_model(state, path, cfg, data, dev)
     shape = input_shape(data)
-    # The masks come from the saved sparsifier state: build a static holder for them (no
-    # topology updates, no pruning at init, no gradual schedule, one IMP round).
-    config = dataclasses.replace(cfg.sparse_config(), update_interval=None, init_pruning=None,
-                                 initial_sparsity=None, rounds=1)
-    sp = make_sparsifier(cfg, model, None, 1, shape, config=config)
-    sp.load_state_dict(state["sparsifier"])
     loader = data.loader("test", batch_size=256, shuffle=False)
     test_loss, test_acc = evaluate(model, loader, dev)
-    weights = dict(model.named_parameters())
-    zeros = sum(int((weights[n] == 0).sum()) for n in sp.layer_names())
+    zeros = sum(int((w == 0).sum()) for w in sp.dense_weights().values())
     profile = profile_model(model, shape)
     densities = {s.name: s.density for s in sp.layer_stats()}
     flops = summarize(profile, densities, None)
     return {
         "checkpoint": str(path), "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method,
-        "test_loss": test_loss, "test_acc": test_acc,
+        "execution": sp.execution, "test_loss": test_loss, "test_acc": test_acc,
         "sparsity": sp.actual_sparsity(), "zero_weights_fraction": zeros / sp.num_weights(),
         "itop_rate": sp.itop_rate(), "reliable_itop_rate": sp.reliable_itop_rate(), **flops,
+    }
+
+
+def evaluate_export(path: str | Path, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Accuracy of an ``itop export`` file, run with its sparse layers, on its run's test split."""
+    payload = read_export(path)
+    meta = payload.get("meta") or {}
+    if "config" not in meta:
+        raise CheckpointError(f"{path} was not exported from an itop run (no run config); load it with "
+                              "itop.sparse.load_export and evaluate it yourself")
+    cfg = RunConfig.from_flat(meta["config"])
+    if data_dir is not None:
+        cfg = cfg.replace(data_dir=data_dir)
+    dev = resolve_device(device)
+    data = make_data(cfg)
+    model = load_export(path, make_model(cfg, data), device=dev)
+    test_loss, test_acc = evaluate(model, data.loader("test", batch_size=256, shuffle=False), dev)
+    layers = payload["layers"]
+    nnz = sum(int(v["nnz"]) for v in layers.values())
+    weights = sum(int(v["shape"][0]) * int(v["shape"][1]) for v in layers.values())
+    return {
+        "checkpoint": str(path), "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method,
+        "execution": "sparse", "test_loss": test_loss, "test_acc": test_acc,
+        "sparsity": meta.get("sparsity"), "itop_rate": meta.get("itop_rate"),
+        "sparse_layers": len(layers), "sparse_layers_density": nnz / max(weights, 1),
+        "file_bytes": Path(path).stat().st_size,
+        # numel() of a CSR tensor counts its dense entries: the model's size stored dense
+        "dense_bytes": sum(v.numel() * v.element_size() for v in payload["state"].values()
+                           if isinstance(v, torch.Tensor)),
     }

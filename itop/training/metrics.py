@@ -120,6 +120,7 @@ def make_summary(
         "run": run,
         "method": config.get("method"), "model": config.get("model"), "dataset": config.get("dataset"),
         "target_sparsity": config.get("sparsity"), "seed": config.get("seed"),
+        "execution": config.get("execution"),
         "epochs": epochs, "steps": steps, "completed": completed,
         "selected_epoch": best.get("epoch"),
         "best_val_acc": best_val if best_val is not None and best_val != float("-inf") else None,
