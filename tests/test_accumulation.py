@@ -15,6 +15,15 @@ from torch import nn
 import itop
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine it is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _train(method, micro, steps=8, batch=32, seed=0):
     torch.manual_seed(seed)
     model = mlp().double()

@@ -13,6 +13,15 @@ from itop.models.vit import ViT
 from itop.sparsifier import Sparsifier
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine it is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_vit_forward_and_options():
     model = build_model("vit-tiny", in_channels=1, num_classes=10, image_size=28)
     assert isinstance(model, ViT) and model.pos_embed.shape == (1, 50, 64)
