@@ -231,7 +231,8 @@ class Sparsifier:
             len(self._layers), self.actual_sparsity(), self.num_active(), self.num_weights(),
             self.itop_rate(),
         )
-        log.info("which weights are sparse:\n%s", self.describe())
+        if log.isEnabledFor(logging.INFO):
+            log.info("which weights are sparse:\n%s", self.describe())
 
     # -- construction --------------------------------------------------------------------------
 

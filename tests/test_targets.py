@@ -238,3 +238,14 @@ def test_describe_lists_sparse_and_dense_weights(caplog):
     assert "emb.weight  Embedding+Linear 50x32: tied to head.weight" in table
     assert "left dense: 6 one-dimensional parameters" in table
     assert any(table in r.getMessage() for r in caplog.records)
+
+
+def test_build_takes_a_selector_and_adds_the_config_patterns():
+    import itop
+
+    model = Attn()
+    sp = itop.build("set", model, sparsity=0.5, exclude=["unpacked.*"], keep_last_dense=True,
+                    targets=TargetSelector(patterns=("emb.weight",)), total_steps=10, seed=0)
+    names = sp.layer_names()
+    assert names[0] == "emb.weight" and not any(n.startswith("unpacked.") for n in names)
+    assert {s.name: s.density for s in sp.layer_stats()}[names[-1]] == 1.0
