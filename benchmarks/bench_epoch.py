@@ -1,7 +1,7 @@
 """One training epoch through the runner, dense vs RigL at 98% sparsity.
 
 Runs LeNet-5-Caffe on Fashion-MNIST (from ../shared/datasets/fashion-mnist when present,
-else the normal data lookup) with exactly the loop ``itop train`` uses (:class:`itop.runner.Trainer`),
+else the normal data lookup) with exactly the loop ``itop train`` uses (:class:`itop.training.Trainer`),
 alternating dense and sparse runs, and reports the training seconds of the epoch (evaluation
 excluded) and their ratio. Ends with one JSON line.
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from itop.config import load_config
-from itop.runner import Trainer
+from itop.training import Trainer
+from itop.training.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets" / "fashion-mnist"

@@ -9,9 +9,14 @@ Three lines add dynamic sparse training to a PyTorch loop::
     ...
     loss.backward(); optimizer.step(); sparsifier.step()
     sparsifier.itop_rate()
+
+Layers: the engine lives at the top of the package (``sparsifier``, ``criteria``,
+``distributions``, ``schedules``, ``tracker``, ``optim_state``, ``methods``, ``lottery``);
+orchestration (run configs, the training loop, checkpoints, sweeps) in :mod:`itop.training`;
+reports in :mod:`itop.report`; the command line in :mod:`itop.cli`.
 """
 
-from . import criteria, distributed, distributions, flops, pruning, schedules
+from . import criteria, distributed, distributions, flops, lottery, pruning, schedules
 from .criteria import Criterion, LayerContext, ScoreCriterion
 from .errors import (
     CheckpointError,
@@ -21,6 +26,7 @@ from .errors import (
     ItopError,
 )
 from .initialization import rescale_to_sparse_fan_in
+from .lottery import IterativeMagnitudePruning
 from .methods import (
     METHODS,
     Method,
@@ -32,6 +38,7 @@ from .methods import (
     register_method,
     resolve_config,
 )
+from .registry import Registry
 from .schedules import ConstantDrop, CosineDrop, LinearDrop, UpdateSchedule
 from .sparsifier import LayerStats, Sparsifier
 from .targets import Target, TargetSelector, unwrap_model
@@ -50,10 +57,12 @@ __all__ = [
     "DivergenceError",
     "ExplorationTracker",
     "ItopError",
+    "IterativeMagnitudePruning",
     "LayerContext",
     "LayerStats",
     "LinearDrop",
     "Method",
+    "Registry",
     "ScoreCriterion",
     "SparseConfig",
     "Sparsifier",
@@ -70,6 +79,7 @@ __all__ = [
     "from_config",
     "get_method",
     "list_methods",
+    "lottery",
     "register_method",
     "rescale_to_sparse_fan_in",
     "resolve_config",

@@ -1,8 +1,9 @@
-"""Command line: ``itop train``, ``itop eval``, ``itop list`` (also ``python -m itop``).
+"""Command line: ``itop train | eval | sweep | report | list`` (also ``python -m itop``).
 
-The CLI is the only place that parses arguments: it turns a YAML config plus ``--key value``
-overrides into a :class:`~itop.config.RunConfig` and hands it to the library. Errors caused by
-input are printed as one line (``itop: error: ...``) with exit status 2, never a traceback.
+The only place that parses arguments: each subcommand turns its flags (for ``train``, a YAML
+config plus ``--key value`` overrides) into library objects and calls the library. Errors caused
+by input are printed as one line (``itop: error: ...``) with exit status 2, never a traceback.
+Under ``torchrun`` only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -11,16 +12,38 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import yaml
 
-from .errors import ItopError
+from .errors import ConfigError, ItopError
 
 EPILOG_TRAIN = """Any config key is also a flag: --key value (e.g. --sparsity 0.98 --update-interval 100).
 Without -c the built-in demo config is the base (RigL-ITOP on scikit-learn's digits).
 Keys (default): {keys}"""
+
+EPILOG_SWEEP = """Sweep files: base config, grid (key: [values]; the product is the runs), optional
+runs_extra and exclude, and scales smoke/cpu/paper (see configs/studies/ and `itop.training.sweep`).
+Any other `--key value` is a config key set on every run (e.g. --data-dir /data/fashion-mnist
+--device cuda). Rerunning the same command skips completed runs and resumes interrupted ones."""
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise), known before any process group."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def say(text: str = "", stream=None) -> None:
+    """Print a line on rank 0 only (every rank runs the CLI under torchrun)."""
+    if _rank() == 0:
+        print(text, file=stream or sys.stdout, flush=True)
 
 
 def _progress_bar(stream):
@@ -42,6 +65,8 @@ def _progress_bar(stream):
 
 
 def _use_bar(mode: str) -> bool:
+    if _rank() != 0:
+        return False
     if mode == "bar":
         return True
     if mode == "auto":
@@ -49,50 +74,50 @@ def _use_bar(mode: str) -> bool:
     return False
 
 
-def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from .config import load_config, parse_overrides
-    from .runner import run_training
+# -- train / eval / list ---------------------------------------------------------------------------
 
-    overrides = parse_overrides(extra)
-    cfg = load_config(args.config, overrides)
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from .training import load_config, run_training
+    from .training.config import parse_overrides
+
+    cfg = load_config(args.config, parse_overrides(extra))
     source = "built-in demo config" if args.config is None else args.config
-    print(f"# itop train: {cfg.run_name()}  ({source}); resolved config:")
-    print(yaml.safe_dump(cfg.resolved(), sort_keys=False).rstrip())
-    sys.stdout.flush()
+    say(f"# itop train: {cfg.run_name()}  ({source}); resolved config:")
+    say(yaml.safe_dump(cfg.resolved(), sort_keys=False).rstrip())
     try:
         summary = run_training(cfg, on_step=_progress_bar(sys.stderr) if _use_bar(cfg.progress) else None)
     except KeyboardInterrupt:
-        print(f"itop: interrupted; checkpoints are kept under {cfg.out_dir}/{cfg.run_name()}: continue "
-              "with the same command plus --resume auto", file=sys.stderr)
+        say(f"itop: interrupted; checkpoints are kept under {cfg.out_dir}/{cfg.run_name()}: continue "
+            "with the same command plus --resume auto", sys.stderr)
         return 130
-    print()
+    say()
     sel, fin = summary["test_acc_selected"], summary["final_test_acc"]
-    print(f"test accuracy: {sel:.4f} (model selected at epoch {summary['selected_epoch']} by "
-          f"validation accuracy), {fin:.4f} (last epoch)" if sel is not None else "test accuracy: n/a")
-    print(f"sparsity: {summary['sparsity']:.4f}   ITOP rate R_s: {summary['itop_rate']:.4f}   "
-          f"reliable R_s: {summary['reliable_itop_rate']:.4f}   updates: {summary['updates']}")
+    say(f"test accuracy: {sel:.4f} (model selected at epoch {summary['selected_epoch']} by "
+        f"validation accuracy), {fin:.4f} (last epoch)" if sel is not None else "test accuracy: n/a")
+    say(f"sparsity: {summary['sparsity']:.4f}   ITOP rate R_s: {summary['itop_rate']:.4f}   "
+        f"reliable R_s: {summary['reliable_itop_rate']:.4f}   updates: {summary['updates']}")
     tf, inf = summary.get("training_flops_relative"), summary.get("inference_flops_relative")
     if tf is not None:
-        print(f"FLOPs (x dense): training {tf:.3f}, inference {inf:.3f}")
-    if "round_summaries" in summary:
-        for r in summary["round_summaries"]:
-            print(f"  round {r['round']}: sparsity {r['sparsity']:.4f}  test {r['test_acc_selected']:.4f}")
-    print(f"wall time: {summary['wall_time_s']:.1f}s   outputs: {summary['run_dir']}/ "
-          "(config.yaml, metrics.jsonl, summary.json, best.pt, checkpoints/)")
+        say(f"FLOPs (x dense): training {tf:.3f}, inference {inf:.3f}")
+    for r in summary.get("round_summaries", []):
+        say(f"  round {r['round']}: sparsity {r['sparsity']:.4f}  test {r['test_acc_selected']:.4f}")
+    say(f"wall time: {summary['wall_time_s']:.1f}s   outputs: {summary['run_dir']}/ "
+        "(config.yaml, metrics.jsonl, summary.json, best.pt, checkpoints/)")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
-    from .runner import evaluate_checkpoint
+    from .training import evaluate_checkpoint
 
     if extra:
-        raise ItopError(f"itop eval takes a checkpoint and --data-dir/--device; unexpected {' '.join(extra)}")
+        raise ConfigError(f"itop eval takes a checkpoint and --data-dir/--device; unexpected {' '.join(extra)}")
     result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device)
     if args.json:
-        print(json.dumps(result))
+        say(json.dumps(result))
     else:
         for k, v in result.items():
-            print(f"{k:28s} {v:.6g}" if isinstance(v, float) else f"{k:28s} {v}")
+            say(f"{k:28s} {v:.6g}" if isinstance(v, float) else f"{k:28s} {v}")
     return 0
 
 
@@ -101,83 +126,185 @@ def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
     from .methods import list_methods
     from .models.registry import model_specs
 
+    if extra:
+        raise ConfigError(f"itop list takes methods, models or datasets; unexpected {' '.join(extra)}")
     what = args.what or "all"
     if what in ("all", "methods"):
-        print("methods:")
+        say("methods:")
         for m in list_methods():
-            print(f"  {m.name:14s} {m.description}")
+            say(f"  {m.name:14s} {m.description}")
     if what in ("all", "models"):
-        print("models:")
+        say("models:")
         for spec in model_specs():
-            print(f"  {spec.name:22s} {spec.description}")
+            say(f"  {spec.name:22s} {spec.description}")
     if what in ("all", "datasets"):
-        print("datasets:")
+        say("datasets:")
         for name, desc in sorted(dataset_descriptions().items()):
-            print(f"  {name:14s} {desc}")
+            say(f"  {name:14s} {desc}")
     return 0
 
 
-def _delegate(module: str):
-    """Hand a subcommand's arguments to ``itop.<module>.main`` (which parses them itself)."""
-
-    def run(args: argparse.Namespace, extra: list[str]) -> int:
-        import importlib
-
-        return importlib.import_module(f"itop.{module}").main(list(args.args) + list(extra))
-
-    return run
+# -- sweep -----------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .config import RunConfig
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
-    parser = argparse.ArgumentParser(prog="itop", description="Dynamic sparse training with "
-                                     "In-Time Over-Parameterization tracking.")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    defaults = RunConfig()
-    keys = ", ".join(f"{k} ({getattr(defaults, k)})" for k in RunConfig.keys())
-    p = sub.add_parser("train", help="train a model", epilog=EPILOG_TRAIN.format(keys=keys),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
+    """Exit status: 0 when every run completed, 1 when a run failed, 2 on bad input, 130 when
+    interrupted."""
+    from .training.config import parse_overrides
+    from .training.sweep import format_table, plan_sweep, run_sweep
+    from .training.sweep.run import _cpu_count
+
+    plan = plan_sweep(args.config, args.scale, args.out_dir, parse_overrides(extra))
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        raise ConfigError("--jobs and --threads must be positive integers")
+    threads = args.threads or (plan.runs[0].config.get("threads") if plan.runs else None) \
+        or max(1, _cpu_count() // args.jobs)
+    sizes = " x ".join(f"{len(set(map(repr, plan.grid[k])))} {k}" for k in plan.grid if len(plan.grid[k]) > 1)
+    say(f"itop sweep: {plan.name} at scale {plan.scale}: {len(plan.runs)} runs into {plan.out_dir}/")
+    if plan.description:
+        say(f"  {' '.join(plan.description.split())}")
+    say(f"  varying: {', '.join(plan.varying) or 'nothing'}" + (f"   (grid {sizes})" if sizes else ""))
+    if plan.excluded or plan.duplicates:
+        say(f"  {plan.excluded} excluded, {plan.duplicates} duplicate configs run once")
+    say(f"  {args.jobs} job(s) x {threads} thread(s) each")
+    previous = None
+    if not args.dry_run:
+        try:
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        except ValueError:  # not the main thread: leave SIGTERM alone
+            previous = None
+    try:
+        results = run_sweep(plan, jobs=args.jobs, threads=args.threads, dry_run=args.dry_run, progress=say)
+    except KeyboardInterrupt:
+        say("itop: sweep interrupted; run the same command again to continue (completed runs "
+            "are skipped, interrupted ones resume from their last checkpoint)", sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if args.dry_run:
+        for r in results:
+            say(f"  {r.status:8s} {r.run_dir}")
+        return 1 if any(r.status == "failed" for r in results) else 0
+    say()
+    say(format_table(results))
+    failed = [r for r in results if r.status == "failed"]
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    say(f"\n{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; results in {plan.out_dir}/")
+    for r in failed:
+        say(f"failed: {r.name}: {r.error}" + (f" (log: {r.log})" if r.log else ""))
+    return 1 if failed else 0
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from .report import write_report
+
+    if extra:
+        raise ConfigError(f"itop report: unexpected {' '.join(extra)} (see itop report -h)")
+    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
+    path = write_report(args.paths, args.out, title=args.title, fmt=args.format, by=by,
+                        include_rounds=args.include_rounds)
+    say(f"report written to {path}")
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------------
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML config file (flat key: value mapping)")
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a checkpoint (best.pt or checkpoints/ckpt-*.pt)")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON line")
-    p.set_defaults(func=cmd_eval)
-    for name, help_text in (("sweep", "run a grid of trainings from a sweep file (itop sweep -h)"),
-                            ("report", "tables and plots from run folders (itop report -h)")):
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(name))
-    p = sub.add_parser("list", help="list methods, models and datasets")
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    from .training.sweep import SCALES
+
+    p.add_argument("-c", "--config", required=True, help="sweep YAML file, e.g. configs/studies/itop-rate.yaml")
+    p.add_argument("--scale", default="cpu", choices=SCALES, help="which scale of the study to run (default cpu)")
+    p.add_argument("--out-dir", default=None, help="root output folder (default: the file's out_dir, else runs)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    from .report import GROUP_KEYS
+
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders, or folders searched recursively for runs")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.add_argument("--title", default=None, help="report title (default: itop report)")
+    p.add_argument("--format", choices=["md", "html"], default="md",
+                   help="md: report.md next to the PNGs; html: one self-contained report.html")
+    p.add_argument("--by", default=None, help="comma-separated grouping keys (default: method plus the keys "
+                   f"among {', '.join(GROUP_KEYS)} that vary)")
+    p.add_argument("--include-rounds", action="store_true",
+                   help="also list the round-K runs of iterative magnitude pruning")
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", nargs="?", choices=["methods", "models", "datasets"])
-    p.set_defaults(func=cmd_list)
+
+
+def _train_epilog() -> str:
+    from .training.config import KEYS
+
+    return EPILOG_TRAIN.format(keys=", ".join(f"{k} ({spec.default})" for k, spec in KEYS.items()))
+
+
+# name -> (help, add its arguments, run it, description/epilog builder)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                          Callable[[argparse.Namespace, list[str]], int], dict[str, Any]]] = {
+    "train": ("train a model", _train_args, cmd_train, {"epilog": _train_epilog}),
+    "eval": ("evaluate a checkpoint (best.pt or checkpoints/ckpt-*.pt)", _eval_args, cmd_eval, {}),
+    "sweep": ("run a grid of trainings from a sweep file", _sweep_args, cmd_sweep,
+              {"description": "Run a study: a grid of trainings from one sweep file.",
+               "epilog": lambda: EPILOG_SWEEP}),
+    "report": ("tables and plots from run folders", _report_args, cmd_report,
+               {"description": "Tables (mean ± std over seeds) and plots (accuracy vs R_s, R_s over "
+                "steps, accuracy vs sparsity, per-layer density/R_s, lifetimes, reliable R_s) over run "
+                "folders written by itop train."}),
+    "list": ("list methods, models and datasets", _list_args, cmd_list, {}),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="itop", description="Dynamic sparse training with "
+                                     "In-Time Over-Parameterization tracking.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, run, extra) in COMMANDS.items():
+        kwargs = {k: v() if callable(v) else v for k, v in extra.items()}
+        p = sub.add_parser(name, help=help_text, allow_abbrev=False,
+                           formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        add_args(p)
+        p.set_defaults(func=run)
     return parser
 
 
-DELEGATED = ("sweep", "report")
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Subcommands with their own parser get their arguments untouched (argparse would reorder a
-    # leading "-c FILE" around a REMAINDER positional).
-    head = 2 if argv[:1] == ["--log-level"] else 1 if argv[:1] and argv[0].startswith("--log-level=") else 0
-    if len(argv) > head and argv[head] in DELEGATED:
-        args, extra = parser.parse_known_args(argv[: head + 1])
-        extra = argv[head + 1 :]
-    else:
-        args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    args, extra = parser.parse_known_args(argv)  # train and sweep take config keys as extra flags
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level if _rank() == 0 else max(level, logging.WARNING),
                         format="%(message)s", stream=sys.stdout)
     try:
         return args.func(args, extra)
     except ItopError as e:
-        print(f"itop: error: {e}", file=sys.stderr)
+        say(f"itop: error: {e}", sys.stderr)
         return 2
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ._backend import RandomState, all_finite, bottom_n, flat_gather, sample_positions, top_n
-from .errors import ConfigError, DivergenceError, unknown_name
+from .errors import ConfigError, DivergenceError
+from .registry import Registry
 
 __all__ = [
     "GROW_CRITERIA",
@@ -341,28 +342,24 @@ class UnfiredGrowth(Criterion):
         return torch.cat([first, more])
 
 
-PRUNE_CRITERIA: dict[str, type[Criterion]] = {
-    "magnitude": MagnitudePrune,
-    "signed-magnitude": SignedMagnitudePrune,
-    "taylor": TaylorPrune,
-    "random": RandomPrune,
-}
+PRUNE_CRITERIA: Registry[type[Criterion]] = Registry("prune criterion")
+PRUNE_CRITERIA.register("magnitude", MagnitudePrune)
+PRUNE_CRITERIA.register("signed-magnitude", SignedMagnitudePrune)
+PRUNE_CRITERIA.register("taylor", TaylorPrune)
+PRUNE_CRITERIA.register("random", RandomPrune)
 
-GROW_CRITERIA: dict[str, type[Criterion]] = {
-    "random": RandomGrowth,
-    "gradient": GradientGrowth,
-    "momentum": MomentumGrowth,
-    "unfired": UnfiredGrowth,
-}
+GROW_CRITERIA: Registry[type[Criterion]] = Registry("grow criterion")
+GROW_CRITERIA.register("random", RandomGrowth)
+GROW_CRITERIA.register("gradient", GradientGrowth)
+GROW_CRITERIA.register("momentum", MomentumGrowth)
+GROW_CRITERIA.register("unfired", UnfiredGrowth)
 
 
-def _get(kind: str, table: Mapping[str, type[Criterion]], spec: Any) -> Criterion:
+def _get(kind: str, table: Registry[type[Criterion]], spec: Any) -> Criterion:
     if isinstance(spec, Criterion):
         return spec
     if isinstance(spec, str):
-        if spec not in table:
-            raise unknown_name(f"{kind} criterion", spec, table)
-        return table[spec]()
+        return table.lookup(spec)()
     if callable(spec):
         return ScoreCriterion(spec)
     raise ConfigError(f"{kind} criterion must be a name, a Criterion or a function; got {spec!r}")

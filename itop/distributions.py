@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError
+from .registry import Registry
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -231,21 +232,18 @@ def custom(
     return out
 
 
-DISTRIBUTIONS: dict[str, Distribution] = {
-    "uniform": uniform,
-    "er": erdos_renyi,
-    "erk": erdos_renyi_kernel,
-    "custom": custom,
-}
+DISTRIBUTIONS: Registry[Distribution] = Registry("distribution")
+DISTRIBUTIONS.register("uniform", uniform)
+DISTRIBUTIONS.register("er", erdos_renyi)
+DISTRIBUTIONS.register("erk", erdos_renyi_kernel)
+DISTRIBUTIONS.register("custom", custom)
 
 
 def get_distribution(name: str | Distribution) -> Distribution:
     """Look up a distribution by name, or pass a callable through."""
     if callable(name):
         return name
-    if name not in DISTRIBUTIONS:
-        raise unknown_name("distribution", name, DISTRIBUTIONS)
-    return DISTRIBUTIONS[name]
+    return DISTRIBUTIONS.lookup(name)
 
 
 def allocate(

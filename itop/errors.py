@@ -32,6 +32,15 @@ class DivergenceError(ItopError, FloatingPointError):
     """Training produced a non-finite loss or gradient."""
 
 
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the known name nearest to ``name``, else ``""``.
+
+    The one nearest-name helper: every "unknown ..." message in itop ends with it.
+    """
+    close = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> ConfigError:
     """Build the error for an unknown registry name, suggesting the nearest known one.
 
@@ -45,6 +54,19 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> ConfigError:
         ``unknown method 'rigll'; did you mean 'rigl'? Known methods: dense, rigl, set``.
     """
     known = sorted(known)
-    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else "."
+    hint = did_you_mean(name, known) or "."
     return ConfigError(f"unknown {kind} '{name}'{hint} Known {kind}s: {', '.join(known)}")
+
+
+def check_sparsity(value: object, what: str = "sparsity") -> float:
+    """Return ``value`` as a float if it is a sparsity in [0, 1); else raise ConfigError.
+
+    The one check of the sparsity range, shared by the engine, the method configs and the
+    run config.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(
+            f"{what} must be in [0, 1) (the fraction of weights set to zero), got {value!r}; "
+            "e.g. sparsity=0.9 keeps 10% of the weights"
+        )
+    return float(value)

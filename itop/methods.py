@@ -16,7 +16,6 @@ or dataset differ, and watch ``reliable_itop_rate`` and the lifetime statistics.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,17 +26,26 @@ from torch import nn
 
 from .criteria import get_grow, get_prune
 from .distributions import erdos_renyi_kernel, get_distribution
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError, check_sparsity, did_you_mean
+from .registry import Registry
 from .schedules import CubicSparsity, UpdateSchedule, make_drop_schedule
-from .sparsifier import GROW_INITS, Sparsifier
+from .sparsifier import DROP_ROUNDINGS, GROW_INITS, Sparsifier
 from .targets import TargetSelector
 
 __all__ = ["METHODS", "Method", "SparseConfig", "build", "get_method", "list_methods", "register_method"]
 
 
+# Field metadata read by the run-config schema (itop.training.config): how a key shows in sweep
+# run names (label "" = the value alone) and words that stand for values. Inert for the engine.
+_VALUE_ONLY = {"label": ""}
+
+
 @dataclass
 class SparseConfig:
     """Flat description of a sparsifier; every field has a config/CLI key of the same name.
+
+    This is the one declaration of the sparsifier's keys: the run config (``itop train``,
+    sweeps) reads its keys, types and defaults from here, so a new key is one field.
 
     Attributes:
         sparsity: Global fraction of zero weights, in [0, 1).
@@ -52,6 +60,11 @@ class SparseConfig:
         final_drop_fraction: Drop fraction at the end (cosine/linear schedules).
         drop_schedule: ``constant``, ``cosine`` or ``linear``.
         grow_init: ``zero``, ``keep`` or ``normal``.
+        keep_regrown: A weight dropped and regrown in the same update is treated as never
+            dropped (keeps its value and optimizer state; the tracker sees no change), as the
+            authors' code does. ``false``: it is reset like any grown weight.
+        drop_rounding: ``floor`` or ``ceil`` of ``drop_fraction * active`` (Google's RigL/SET
+            code floors, the ITOP and SNFS code ceils).
         sparse_init: Rescale initial weights to the sparse fan-in (Evci et al. 2022).
         keep_first_dense: Keep the first sparsifiable layer dense.
         keep_last_dense: Keep the last sparsifiable layer dense.
@@ -73,18 +86,21 @@ class SparseConfig:
         rewind_step: IMP: the training step whose weights survivors are rewound to.
     """
 
-    sparsity: float = 0.9
-    distribution: str = "erk"
+    sparsity: float = field(default=0.9, metadata={"role": "identity"})
+    distribution: str = field(default="erk", metadata=_VALUE_ONLY)
     erk_power_scale: float = 1.0
-    prune: str = "magnitude"
-    grow: str = "random"
-    update_interval: int | None = 100
+    prune: str = field(default="magnitude", metadata=_VALUE_ONLY)
+    grow: str = field(default="random", metadata=_VALUE_ONLY)
+    update_interval: int | None = field(default=100, metadata={"label": "dt", "rank": 4,
+                                                               "words": {"never": None}})
     update_start: int = 0
     update_end: float = 1.0
     drop_fraction: float = 0.3
     final_drop_fraction: float = 0.0
-    drop_schedule: str = "cosine"
-    grow_init: str = "zero"
+    drop_schedule: str = field(default="cosine", metadata=_VALUE_ONLY)
+    grow_init: str = field(default="zero", metadata=_VALUE_ONLY)
+    keep_regrown: bool = True
+    drop_rounding: str = "floor"
     sparse_init: bool = False
     keep_first_dense: bool = False
     keep_last_dense: bool = False
@@ -96,7 +112,7 @@ class SparseConfig:
     prune_start: float = 0.1
     prune_end: float = 0.75
     global_pruning: bool = False
-    init_pruning: str | None = None
+    init_pruning: str | None = field(default=None, metadata=_VALUE_ONLY)
     init_batches: int = 1
     synflow_rounds: int = 100
     rounds: int = 1
@@ -111,13 +127,7 @@ class SparseConfig:
 
     def validate(self) -> SparseConfig:
         """Check every value without needing a model; raise :class:`ConfigError` naming the fix."""
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not (
-            0.0 <= self.sparsity < 1.0
-        ):
-            raise ConfigError(
-                f"sparsity must be in [0, 1) (the fraction of weights set to zero), got "
-                f"{self.sparsity!r}; e.g. sparsity=0.9 keeps 10% of the weights"
-            )
+        check_sparsity(self.sparsity)
         UpdateSchedule(self.update_interval, self.update_start)
         if not 0.0 < self.update_end <= 1.0:
             raise ConfigError(f"update_end is a fraction of training in (0, 1], got {self.update_end}")
@@ -125,8 +135,10 @@ class SparseConfig:
         get_distribution(self.distribution)
         get_prune(self.prune)
         get_grow(self.grow)
-        if self.grow_init not in GROW_INITS:
-            raise unknown_name("grow init", self.grow_init, GROW_INITS)
+        GROW_INITS.lookup(self.grow_init)
+        DROP_ROUNDINGS.lookup(self.drop_rounding)
+        if not isinstance(self.keep_regrown, bool):
+            raise ConfigError(f"keep_regrown must be true or false, got {self.keep_regrown!r}")
         for pattern, s in self.layer_sparsity.items():
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
                 raise ConfigError(f"layer_sparsity['{pattern}'] must be in [0, 1), got {s!r}")
@@ -147,8 +159,7 @@ class SparseConfig:
         if self.init_pruning is not None:
             from .pruning import PRUNE_AT_INIT
 
-            if self.init_pruning not in PRUNE_AT_INIT:
-                raise unknown_name("pruning-at-init method", self.init_pruning, PRUNE_AT_INIT)
+            PRUNE_AT_INIT.lookup(self.init_pruning)
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"rounds must be an integer >= 1 (train-prune-rewind rounds), got {self.rounds!r}")
         if self.rewind_step < 0 or self.init_batches < 1 or self.synflow_rounds < 1:
@@ -166,42 +177,39 @@ class Method:
     forced: Mapping[str, Any] = field(default_factory=dict)
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
-    name: str, description: str, *, forced: Mapping[str, Any] | None = None, **defaults: Any
+    name: str, description: str, *, forced: Mapping[str, Any] | None = None, replace: bool = False,
+    **defaults: Any,
 ) -> Method:
     """Register a method under ``name`` (usable by :func:`build` and the CLI).
 
     Args:
-        name: Method name.
+        name: Method name; a name already taken is refused unless ``replace``.
         description: One line for listings.
         forced: Keys the method always sets, whatever the user passes (e.g. dense: sparsity 0).
+        replace: Replace an existing method of the same name.
         **defaults: :class:`SparseConfig` fields the method changes by default.
     """
     _check_keys({**defaults, **(forced or {})})
-    method = Method(name, description, dict(defaults), dict(forced or {}))
-    METHODS[name] = method
-    return method
+    return METHODS.register(name, Method(name, description, dict(defaults), dict(forced or {})), replace=replace)
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise unknown_name("method", name, METHODS)
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def list_methods() -> list[Method]:
-    return [METHODS[k] for k in sorted(METHODS)]
+    return [METHODS[k] for k in METHODS.names()]
 
 
 def _check_keys(values: Mapping[str, Any]) -> None:
     valid = SparseConfig.keys()
     for key in values:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            hint = did_you_mean(key, valid) or f"; valid keys: {', '.join(valid)}"
             raise ConfigError(f"unknown sparsifier option '{key}'{hint}")
 
 
@@ -249,8 +257,14 @@ def from_config(
     if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
         raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
     config.validate()
+    if config.rounds > 1:
+        raise ConfigError(
+            f"rounds={config.rounds} is iterative magnitude pruning, which trains the model "
+            f"{config.rounds + 1} times: one sparsifier cannot run it; use itop.lottery.IterativeMagnitudePruning "
+            "in your loop (see its docstring) or `itop train --method imp`"
+        )
     end = _as_steps(config.update_end, total_steps, "update_end")
-    update = UpdateSchedule(config.update_interval, config.update_start, end)
+    update = UpdateSchedule(config.update_interval, config.update_start, end, total_steps)
     drop_end = end if end is not None else total_steps
     drop = make_drop_schedule(
         config.drop_schedule, config.drop_fraction, config.final_drop_fraction,
@@ -274,10 +288,11 @@ def from_config(
             raise ConfigError("gradual pruning's schedule is a fraction of training: pass total_steps=")
         interval = config.update_interval
         start = int(config.prune_start * total_steps)
-        # The last pruning step is the last multiple of ΔT in the window: the target is reached there.
-        stop = (int(config.prune_end * total_steps) // interval) * interval
+        # The last pruning step is the last multiple of ΔT in the window, before the last step of
+        # training (never an update): the target is reached there.
+        stop = (min(int(config.prune_end * total_steps), total_steps - 1) // interval) * interval
         sparsity_schedule = CubicSparsity(config.initial_sparsity, config.sparsity, start, stop)
-        update = UpdateSchedule(interval, start, stop + 1)
+        update = UpdateSchedule(interval, start, stop + 1, total_steps)
     if masks is None and config.init_pruning is not None:
         from .pruning import prune_at_init
 
@@ -297,6 +312,8 @@ def from_config(
         drop=drop,
         targets=selector,
         grow_init=config.grow_init,
+        keep_regrown=config.keep_regrown,
+        drop_rounding=config.drop_rounding,
         sparse_init=config.sparse_init,
         reliable_steps=config.reliable_steps,
         seed=config.seed,
@@ -366,19 +383,19 @@ register_method(
     "snfs", "SNFS (Dettmers & Zettlemoyer 2019): magnitude prune, momentum growth; ΔT 100, "
     "drop 0.5 cosine.",
     grow="momentum", update_interval=100, drop_fraction=0.5, drop_schedule="cosine",
-    final_drop_fraction=0.0, update_end=1.0, **_PAPER,
+    final_drop_fraction=0.0, update_end=1.0, drop_rounding="ceil", **_PAPER,
 )
 register_method(
     "set-itop", "SET-ITOP (Liu et al. 2021): SET with ΔT 1500 and drop 0.5 -> 0.005 cosine "
     "until the end, for reliable exploration (paper's CIFAR setting, batch 128).",
     grow="random", update_interval=1500, drop_fraction=0.5, final_drop_fraction=0.005,
-    drop_schedule="cosine", update_end=1.0, **_PAPER,
+    drop_schedule="cosine", update_end=1.0, drop_rounding="ceil", **_PAPER,
 )
 register_method(
     "rigl-itop", "RigL-ITOP (Liu et al. 2021): RigL with ΔT 4000 and drop 0.5 -> 0.005 cosine "
     "until the end (paper's CIFAR setting, batch 128).",
     grow="gradient", update_interval=4000, drop_fraction=0.5, final_drop_fraction=0.005,
-    drop_schedule="cosine", update_end=1.0, **_PAPER,
+    drop_schedule="cosine", update_end=1.0, drop_rounding="ceil", **_PAPER,
 )
 
 register_method(

@@ -6,7 +6,7 @@ come out of the criterion instead of a fixed distribution. The resulting masks a
 ``{parameter name: bool tensor}`` dicts, ready for ``Sparsifier(..., masks=masks)``::
 
     masks = prune_at_init("snip", model, density=0.1, batches=[next(iter(train_loader))])
-    sparsifier = Sparsifier(model, optimizer, density=0.1, masks=masks)
+    sparsifier = Sparsifier(model, optimizer, sparsity=0.9, masks=masks)
 
 Every score returned here follows one convention: **higher means keep**. For SNIP and SynFlow
 that is the criterion of the paper as written; for GraSP, whose paper removes the weights with
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .errors import ConfigError, DivergenceError, unknown_name
+from .registry import Registry
 from .targets import Target, TargetSelector, unwrap_model
 
 __all__ = [
@@ -518,11 +519,10 @@ def _prune_synflow(
     )
 
 
-PRUNE_AT_INIT: dict[str, Callable[..., dict[str, Tensor]]] = {
-    "snip": _prune_snip,
-    "grasp": _prune_grasp,
-    "synflow": _prune_synflow,
-}
+PRUNE_AT_INIT: Registry[Callable[..., dict[str, Tensor]]] = Registry("pruning-at-init method")
+PRUNE_AT_INIT.register("snip", _prune_snip)
+PRUNE_AT_INIT.register("grasp", _prune_grasp)
+PRUNE_AT_INIT.register("synflow", _prune_synflow)
 """Pruning-at-init methods by name: ``fn(model, density, batches, input_shape, targets, **kw)``."""
 
 _DATA_METHODS = {"snip": "SNIP", "grasp": "GraSP"}
@@ -564,9 +564,7 @@ def prune_at_init(
     Raises:
         ConfigError: Unknown method or option, density out of range, missing batches/shape.
     """
-    fn = PRUNE_AT_INIT.get(method) if isinstance(method, str) else None
-    if fn is None:
-        raise unknown_name("pruning-at-init method", method, PRUNE_AT_INIT)
+    fn = PRUNE_AT_INIT.lookup(method)
     density = _check_density(density)
     if method in _DATA_METHODS and batches is None:
         raise ConfigError(_needs_batches(_DATA_METHODS[method]))

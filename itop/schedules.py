@@ -16,7 +16,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError
+from .registry import Registry
 
 __all__ = [
     "DROP_SCHEDULES",
@@ -37,8 +38,10 @@ class UpdateSchedule:
     """Topology updates every ``interval`` steps in ``(start, end)``.
 
     A step ``t`` (counted from 1 after the first optimizer step) is an update step when
-    ``t % interval == 0`` and ``start < t < end``. The last step is never an update: weights
-    grown there would never be trained.
+    ``t % interval == 0``, ``start < t < end`` and ``t < total_steps``. The last step of
+    training is never an update, also when updates run to the end: weights grown there would
+    never be trained, yet they would count in the ITOP rate. The schedule can only know which
+    step is the last when it is told ``total_steps`` (:func:`itop.build` passes it on).
 
     Choosing ``interval`` (ΔT) is the central trade-off of ITOP (Liu et al. 2021): smaller
     intervals mean more updates and a higher ITOP rate R_s, but every regrown weight needs
@@ -50,11 +53,14 @@ class UpdateSchedule:
         start: No update at or before this step.
         end: No update at or after this step (``None``: the end of training). RigL stops at
             75% of training (``end = 0.75 * total_steps``).
+        total_steps: Length of training in steps; step ``total_steps`` (the last) is never
+            an update. ``None``: unknown, only ``end`` limits the updates.
     """
 
     interval: int | None
     start: int = 0
     end: int | None = None
+    total_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.interval is not None and (not isinstance(self.interval, int) or self.interval <= 0):
@@ -68,12 +74,18 @@ class UpdateSchedule:
             raise ConfigError(
                 f"update end step ({self.end}) must be after the start step ({self.start})"
             )
+        if self.total_steps is not None and (
+            isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int) or self.total_steps <= 0
+        ):
+            raise ConfigError(f"total_steps must be a positive integer, got {self.total_steps!r}")
 
     def is_update_step(self, step: int) -> bool:
         """Whether the topology changes after the optimizer step numbered ``step``."""
         if self.interval is None or step <= self.start:
             return False
         if self.end is not None and step >= self.end:
+            return False
+        if self.total_steps is not None and step >= self.total_steps:
             return False
         return step % self.interval == 0
 
@@ -144,20 +156,31 @@ def _check_fraction(what: str, value: float) -> None:
         raise ConfigError(f"{what} must be in [0, 1], got {value}")
 
 
-DROP_SCHEDULES = {"constant": ConstantDrop, "cosine": CosineDrop, "linear": LinearDrop}
+def _constant(initial: float, final: float, start: int, end: int | None) -> DropSchedule:
+    return ConstantDrop(initial)
+
+
+def _annealed(name: str, cls: type) -> Callable[[float, float, int, int | None], DropSchedule]:
+    def build(initial: float, final: float, start: int, end: int | None) -> DropSchedule:
+        if end is None:
+            raise ConfigError(f"the '{name}' drop schedule needs total_steps; pass total_steps=")
+        return cls(initial, final, end, start)
+
+    return build
+
+
+#: Drop-fraction schedules by name: ``build(initial, final, start, end) -> schedule``.
+DROP_SCHEDULES: Registry[Callable[[float, float, int, int | None], DropSchedule]] = Registry("drop schedule")
+DROP_SCHEDULES.register("constant", _constant)
+DROP_SCHEDULES.register("cosine", _annealed("cosine", CosineDrop))
+DROP_SCHEDULES.register("linear", _annealed("linear", LinearDrop))
 
 
 def make_drop_schedule(
     kind: str, initial: float, final: float = 0.0, start: int = 0, end: int | None = None
 ) -> DropSchedule:
     """Build a drop-fraction schedule by name (``constant``, ``cosine`` or ``linear``)."""
-    if kind not in DROP_SCHEDULES:
-        raise unknown_name("drop schedule", kind, DROP_SCHEDULES)
-    if kind == "constant":
-        return ConstantDrop(initial)
-    if end is None:
-        raise ConfigError(f"the '{kind}' drop schedule needs total_steps; pass total_steps=")
-    return DROP_SCHEDULES[kind](initial, final, end, start)
+    return DROP_SCHEDULES.lookup(kind)(initial, final, start, end)
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,15 @@ from . import distributed
 from ._backend import RandomState, flat_gather, flat_set_, sample_positions, top_n
 from .criteria import Criterion, LayerContext, get_grow, get_prune
 from .distributions import Distribution, allocate, get_distribution
-from .errors import CheckpointError, ConfigError, unknown_name
+from .errors import CheckpointError, ConfigError, check_sparsity
 from .initialization import rescale_to_sparse_fan_in
 from .optim_state import reset_state
+from .registry import Registry
 from .schedules import ConstantDrop, DropSchedule, UpdateSchedule
 from .targets import Target, TargetSelector
 from .tracker import ExplorationTracker
 
-__all__ = ["GROW_INITS", "LayerStats", "Sparsifier"]
+__all__ = ["DROP_ROUNDINGS", "GROW_INITS", "LayerStats", "Sparsifier"]
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ STATE_VERSION = 1
 # Initial values of grown weights
 
 
-# Each takes the grown positions' current values (zero unless dropped this update), a function
-# returning the layer's kept weights (gathered only if needed) and the random streams.
+# Each takes the grown positions' current values, a function returning the layer's kept
+# weights (gathered only if needed) and the random streams. The current values are zero except
+# for weights dropped and regrown in this update when ``keep_regrown`` is off (with it on, those
+# weights are not grown at all: they keep their value and state).
 def _grow_zero(old: torch.Tensor, kept: Callable[[], torch.Tensor], rng: RandomState) -> torch.Tensor:
     return torch.zeros_like(old)
 
@@ -70,11 +73,30 @@ def _grow_normal(old: torch.Tensor, kept: Callable[[], torch.Tensor], rng: Rando
     return (noise * std).to(old.dtype)
 
 
-GROW_INITS: dict[str, Callable[[torch.Tensor, Callable[[], torch.Tensor], RandomState], torch.Tensor]] = {
-    "zero": _grow_zero,  # RigL, ITOP: grown weights start at zero
-    "keep": _grow_keep,  # a weight dropped and regrown in the same update keeps its value
-    "normal": _grow_normal,  # N(0, (0.1 * std of the layer's kept weights)^2)
-}
+GrowInit = Callable[[torch.Tensor, Callable[[], torch.Tensor], RandomState], torch.Tensor]
+GROW_INITS: Registry[GrowInit] = Registry("grow init")
+GROW_INITS.register("zero", _grow_zero)  # RigL, ITOP: grown weights start at zero
+GROW_INITS.register("keep", _grow_keep)  # with keep_regrown off: a weight dropped and regrown keeps its value
+GROW_INITS.register("normal", _grow_normal)  # N(0, (0.1 * std of the layer's kept weights)^2)
+
+
+# ----------------------------------------------------------------------------------------------
+# How many weights an update drops: ``f * active`` rounded. The small tolerance keeps a product
+# that is an integer up to floating-point error (0.29 * 100 = 28.999999999999996) from being
+# rounded the wrong way.
+
+
+def _drop_floor(x: float) -> int:
+    return math.floor(x + 1e-9)
+
+
+def _drop_ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)
+
+
+DROP_ROUNDINGS: Registry[Callable[[float], int]] = Registry("drop rounding")
+DROP_ROUNDINGS.register("floor", _drop_floor)  # Google's RigL and SET (rigl/sparse_optimizers.py: int cast)
+DROP_ROUNDINGS.register("ceil", _drop_ceil)  # the ITOP and SNFS code (sparselearning/core.py: math.ceil)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,6 +172,15 @@ class Sparsifier:
         drop: Drop fraction per update: a float (constant) or a function of the step.
         targets: Which weights are sparsified (default: all Linear and Conv weights).
         grow_init: Initial value of grown weights: ``"zero"``, ``"keep"`` or ``"normal"``.
+        keep_regrown: A weight that an update drops and regrows at once is treated as never
+            dropped: it keeps its value and optimizer state, its stretch of activity goes on,
+            and it counts neither as dropped nor as grown. This is what the authors' code does
+            (Liu et al.'s ``sparselearning`` only changes the mask; Google's RigL only
+            re-initialises connections that were inactive). ``False``: it is zeroed, its state
+            reset and its stretch ended, like any other dropped and grown weight.
+        drop_rounding: How ``f * active`` becomes a count: ``"floor"`` (Google's RigL/SET)
+            or ``"ceil"`` (the ITOP/SNFS code; a layer then drops at least one weight while
+            ``f > 0``).
         sparse_init: Rescale initial active weights to the sparse fan-in (Evci et al. 2022).
         reliable_steps: Steps a weight must stay active to count in the reliable R_s
             (default: the update interval).
@@ -178,6 +209,8 @@ class Sparsifier:
         drop: float | DropSchedule = 0.3,
         targets: TargetSelector | None = None,
         grow_init: str = "zero",
+        keep_regrown: bool = True,
+        drop_rounding: str = "floor",
         sparse_init: bool = False,
         reliable_steps: int | None = None,
         seed: int | None = None,
@@ -185,13 +218,9 @@ class Sparsifier:
         sparsity_schedule: Callable[[int], float] | None = None,
         global_pruning: bool = False,
     ) -> None:
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise ConfigError(
-                f"sparsity must be in [0, 1) (the fraction of weights set to zero), got {sparsity!r}; "
-                "e.g. sparsity=0.9 keeps 10% of the weights"
-            )
-        if grow_init not in GROW_INITS:
-            raise unknown_name("grow init", grow_init, GROW_INITS)
+        check_sparsity(sparsity)
+        self._grow_init = GROW_INITS.lookup(grow_init)
+        self._round_drop = DROP_ROUNDINGS.lookup(drop_rounding)
         self.model = model
         self.optimizer = optimizer
         self.sparsity = float(sparsity)
@@ -202,7 +231,8 @@ class Sparsifier:
         self.drop_schedule: DropSchedule = ConstantDrop(drop) if isinstance(drop, (int, float)) else drop
         self.selector = targets or TargetSelector()
         self.grow_init = grow_init
-        self._grow_init = GROW_INITS[grow_init]
+        self.keep_regrown = bool(keep_regrown)
+        self.drop_rounding = drop_rounding
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.rng = RandomState(seed)
@@ -351,18 +381,22 @@ class Sparsifier:
     def update_topology(self, drop_fraction: float | None = None) -> dict[str, Any]:
         """Drop and regrow weights in every sparse layer now.
 
-        Each sparse layer drops ``floor(f * active)`` of its active weights by the prune
-        criterion, then grows as many by the grow criterion among all weights not kept (so a
-        weight dropped now may be regrown, as in RigL). With a sparsity schedule (gradual
-        pruning) a layer also drops the weights above its scheduled count, without regrowing
-        them. Grown weights get their initial value (zero by default); pruned and grown weights
-        have their optimizer state zeroed.
+        Each sparse layer selects ``f * active`` of its active weights (rounded as
+        ``drop_rounding`` says) to drop by the prune criterion, then as many to grow by the grow
+        criterion among all weights not kept, so a weight selected for dropping may be
+        selected for growing too (as in RigL and the ITOP code). With ``keep_regrown`` (the
+        default) such a weight is left alone, as if never dropped; only the net change is
+        applied. With a sparsity schedule (gradual pruning) a layer also drops the weights above
+        its scheduled count, without regrowing them. Grown weights get their initial value
+        (zero by default); dropped and grown weights have their optimizer state zeroed.
 
         Args:
             drop_fraction: Override the scheduled fraction ``f``.
 
         Returns:
-            The update record appended to :attr:`history`.
+            The update record appended to :attr:`history`: ``dropped`` and ``grown`` count
+            the weights that changed (with ``keep_regrown`` those selected for both are not
+            among them), ``regrown`` those selected for both.
         """
         t0 = time.perf_counter()
         step = self._step
@@ -371,15 +405,16 @@ class Sparsifier:
         if self.sparsity_schedule is not None:
             s = float(self.sparsity_schedule(step))
             targets = self._global_magnitude_counts(s) if self.global_pruning else self._target_counts(s)
-        dropped_total = grown_total = explored = 0
+        dropped_total = grown_total = regrown_total = explored = 0
         for layer in self._layers:
-            exchange = int(f * layer.count) if layer.mask is not None else 0
+            exchange = self._round_drop(f * layer.count) if layer.mask is not None else 0
             extra = max(0, layer.count - targets[layer.name]) if targets is not None else 0
             if exchange + extra <= 0:
                 continue
-            d, g, e = self._update_layer(layer, exchange + extra, exchange, step)
+            d, g, r, e = self._update_layer(layer, exchange + extra, exchange, step)
             dropped_total += d
             grown_total += g
+            regrown_total += r
             explored += e
         self._refresh_mask_lists()
         record = {
@@ -387,6 +422,7 @@ class Sparsifier:
             "drop_fraction": f,
             "dropped": dropped_total,
             "grown": grown_total,
+            "regrown": regrown_total,
             "newly_explored": explored,
             "itop_rate": self.itop_rate(),
             "seconds": time.perf_counter() - t0,
@@ -408,7 +444,14 @@ class Sparsifier:
             rng=self.rng,
         )
 
-    def _update_layer(self, layer: _Layer, n_drop: int, n_grow: int, step: int) -> tuple[int, int, int]:
+    def _update_layer(self, layer: _Layer, n_drop: int, n_grow: int, step: int) -> tuple[int, int, int, int]:
+        """Drop ``n_drop`` and grow ``n_grow`` weights of one layer.
+
+        Returns:
+            ``(dropped, grown, regrown, newly explored)``: the weights that changed (net of
+            the regrown ones when ``keep_regrown``), those selected for both, and the grown
+            weights never active before.
+        """
         if layer.mask is None:  # a dense layer being pruned for the first time
             layer.mask = torch.ones_like(layer.param)
         param, mask = layer.param, layer.mask
@@ -426,16 +469,26 @@ class Sparsifier:
                 f"criteria returned {drop.numel()} drops / {grow.numel()} grows for '{layer.name}', "
                 f"expected {n_drop} / {n_grow}"
             )
-        old = flat_gather(param, grow)
-        flat_set_(param, drop, 0.0)
         if n_grow:
-            flat_set_(param, grow, self._grow_init(old, lambda: flat_gather(param, keep), self.rng))
-            flat_set_(mask, grow, 1.0)
+            flat_set_(mask, grow, 1.0)  # the new mask: kept and grown weights
+        # Weights selected for both dropping and growing: with the new mask set, exactly the
+        # drops whose mask is back to one. With keep_regrown only the net change is applied, so
+        # values, optimizer state and tracker see them as never dropped.
+        regrown = flat_gather(mask, drop) != 0 if n_grow and n_drop else None
+        n_regrown = int(regrown.sum()) if regrown is not None else 0
+        dropped, grown = drop, grow
+        if n_regrown and self.keep_regrown:
+            dropped = drop[~regrown]
+            grown = grow[~torch.isin(grow, drop[regrown])]
+        old = flat_gather(param, grown)
+        flat_set_(param, dropped, 0.0)
+        if grown.numel():
+            flat_set_(param, grown, self._grow_init(old, lambda: flat_gather(param, keep), self.rng))
         layer.active = torch.cat([keep, grow])
         layer.count = int(layer.active.numel())
-        reset_state(self.optimizer, param, torch.cat([drop, grow]))
-        explored = self.tracker.record(layer.name, drop, grow, step)
-        return n_drop, n_grow, explored
+        reset_state(self.optimizer, param, torch.cat([dropped, grown]))
+        explored = self.tracker.record(layer.name, dropped, grown, step)
+        return int(dropped.numel()), int(grown.numel()), n_regrown, explored
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -32,7 +32,6 @@ why, for :meth:`Sparsifier.describe`.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +40,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .distributions import BlockShape
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
+from .registry import Registry
 
 __all__ = ["DEFAULT_RULES", "DenseParam", "Selection", "Target", "TargetSelector", "unwrap_model"]
 
@@ -49,16 +49,17 @@ log = logging.getLogger(__name__)
 
 #: Parameters sparsified by default, by the qualified name of a module class (looked up along
 #: the module's MRO, so subclasses such as MHA's ``NonDynamicallyQuantizableLinear`` count).
-#: Class names rather than classes let third-party layers be recognised without importing them.
-DEFAULT_RULES: dict[str, tuple[str, ...]] = {
-    "torch.nn.modules.linear.Linear": ("weight",),
-    "torch.nn.modules.conv._ConvNd": ("weight",),
-    "torch.nn.modules.activation.MultiheadAttention": (
-        "in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
-    ),
-    "transformers.pytorch_utils.Conv1D": ("weight",),
-    "transformers.modeling_utils.Conv1D": ("weight",),  # its home before transformers 4.27
-}
+#: Class names rather than classes let third-party layers be recognised without importing them;
+#: register another layer type with ``DEFAULT_RULES.register("pkg.module.Class", ("weight",))``.
+DEFAULT_RULES: Registry[tuple[str, ...]] = Registry("sparsifiable layer type")
+DEFAULT_RULES.register("torch.nn.modules.linear.Linear", ("weight",))
+DEFAULT_RULES.register("torch.nn.modules.conv._ConvNd", ("weight",))
+DEFAULT_RULES.register(
+    "torch.nn.modules.activation.MultiheadAttention",
+    ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+)
+DEFAULT_RULES.register("transformers.pytorch_utils.Conv1D", ("weight",))
+DEFAULT_RULES.register("transformers.modeling_utils.Conv1D", ("weight",))  # before transformers 4.27
 
 
 def _qualname(cls: type) -> str:
@@ -211,9 +212,9 @@ class _Param:
 
 
 def _hint(pattern: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(pattern, names, n=1, cutoff=0.5)
+    close = did_you_mean(pattern, names)
     if close:
-        return f"; did you mean '{close[0]}'?"
+        return close
     shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
     return f"; parameter names look like: {shown}"
 

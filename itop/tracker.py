@@ -65,7 +65,9 @@ class ExplorationTracker:
         """Record one layer's topology change at ``step``; returns newly explored weights.
 
         ``dropped`` and ``grown`` are flat indices; a weight in both was dropped and regrown,
-        which ends its old stretch and starts a new one.
+        which ends its old stretch and starts a new one. The sparsifier passes only the net
+        change by default (``keep_regrown``): a weight it drops and regrows in one update is
+        in neither, so its stretch goes on and no lifetime is recorded for it.
         """
         t = self.layers[name]
         if dropped.numel():

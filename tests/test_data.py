@@ -158,7 +158,7 @@ def test_unknown_option_rejected():
 
 
 def test_register_custom_dataset(monkeypatch):
-    monkeypatch.setattr(registry_mod, "_REGISTRY", dict(registry_mod._REGISTRY))
+    monkeypatch.setattr(registry_mod, "_REGISTRY", registry_mod._REGISTRY.copy())
     monkeypatch.setattr(registry_mod, "_ALIASES", dict(registry_mod._ALIASES))
 
     @register_dataset("toy", description="toy data")

@@ -97,7 +97,7 @@ def test_trains_sparse_logs_rs_and_saves_state(full_runs):
     sp = cb.sparsifier
     # one sparsifier step per optimizer step (accumulation 2: 16 micro-batches, 8 steps)
     assert sp.step_count == trainer.state.global_step == 8
-    assert [r["step"] for r in sp.history] == [2, 4, 6, 8]
+    assert [r["step"] for r in sp.history] == [2, 4, 6]  # no update on the last step
     assert "transformer.h.0.attn.c_attn.weight" in sp.layer_names()
     assert "transformer.wte.weight" not in sp.layer_names()  # tied to lm_head: dense
     assert sp.actual_sparsity() == pytest.approx(0.8, abs=1e-3)

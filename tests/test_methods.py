@@ -47,7 +47,7 @@ def test_register_custom_method():
         with pytest.raises(ConfigError, match="unknown sparsifier option"):
             itop.register_method("bad", "x", update_every=3)
     finally:
-        itop.METHODS.pop("taylor-unfired", None)
+        itop.METHODS.unregister("taylor-unfired")
 
 
 def test_erk_power_scale_is_passed():

@@ -101,7 +101,7 @@ PARAM_CASES = [
 @pytest.fixture
 def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let a test register models without leaking them into other tests."""
-    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    monkeypatch.setattr(registry_module, "_REGISTRY", registry_module._REGISTRY.copy())
 
 
 # --------------------------------------------------------------------------- registry
@@ -166,7 +166,7 @@ def test_register_model_adds_a_buildable_model(scratch_registry: None) -> None:
 
     with pytest.raises(ConfigError, match="already registered"):
         register_model("tiny-net", description="again")(tiny)
-    register_model("tiny-net", description="replaced", overwrite=True)(tiny)
+    register_model("tiny-net", description="replaced", replace=True)(tiny)
     assert get_model_spec("tiny-net").description == "replaced"
 
 

@@ -56,3 +56,17 @@ def test_make_drop_schedule():
         make_drop_schedule("cosin", 0.5, end=10)
     with pytest.raises(ConfigError):
         ConstantDrop(1.5)
+
+
+def test_last_step_is_never_an_update():
+    s = UpdateSchedule(10, total_steps=30)
+    assert [t for t in range(1, 31) if s.is_update_step(t)] == [10, 20]
+    assert s.num_updates(30) == 2
+    assert UpdateSchedule(10).is_update_step(30)  # without total_steps the end is unknown
+    assert [t for t in range(1, 31) if UpdateSchedule(10, end=25, total_steps=30).is_update_step(t)] == [10, 20]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_total_steps(bad):
+    with pytest.raises(ConfigError, match="total_steps"):
+        UpdateSchedule(10, total_steps=bad)

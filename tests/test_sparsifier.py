@@ -332,7 +332,10 @@ def test_step_returns_update_records():
     records = [train_step(model, opt, sp, x, y) for x, y in batches(7)]
     assert [r is not None for r in records] == [False, False, True, False, False, True, False]
     assert records[2]["drop_fraction"] == 0.2
-    assert records[2]["dropped"] == sum(int(0.2 * s.active) for s in sp.layer_stats())
+    selected = sum(int(0.2 * s.active) for s in sp.layer_stats())
+    # Weights selected for both dropping and growing are kept: neither dropped nor grown.
+    assert records[2]["dropped"] + records[2]["regrown"] == selected
+    assert records[2]["grown"] == records[2]["dropped"]
 
 
 def test_grad_scaler_skipped_steps_keep_zeros_and_skip_updates():
@@ -359,3 +362,178 @@ def test_grad_scaler_skipped_steps_keep_zeros_and_skip_updates():
             assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
         check_invariants(sp, model, counts)
     assert len(sp.history) == 2
+
+
+# -- fidelity to the authors' code: dropped-and-regrown weights, last step, drop rounding ------
+
+
+OPTIMIZERS_WITH_STATE = {
+    "sgd-momentum": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True), ("momentum_buffer",)),
+    "adam": (lambda p: torch.optim.Adam(p, lr=1e-2), ("exp_avg", "exp_avg_sq")),
+}
+
+
+def _one_layer_with_forced_overlap(opt_name, keep_regrown):
+    """A 6x8 Linear layer at 50% (24 active) after three training steps, and criteria that drop
+    the 6 active weights of lowest flat index and grow 3 of them back plus the 3 inactive
+    weights of lowest index."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6))
+    make, keys = OPTIMIZERS_WITH_STATE[opt_name]
+    opt = make(model.parameters())
+    sp = itop.build("set", model, opt, sparsity=0.5, distribution="uniform", update_interval=1000,
+                    total_steps=10**4, seed=3, keep_regrown=keep_regrown)
+    for x, y in batches(3, shape=(8,), classes=6):
+        train_step(model, opt, sp, x, y)
+    mask = sp.masks()["0.weight"].reshape(-1)
+    active = mask.nonzero().squeeze(1)
+    inactive = (~mask).nonzero().squeeze(1)
+    drop, back, new = active[:6], active[:3], inactive[:3]
+    grow_to = torch.cat([back, new])
+
+    def prune_scores(ctx):  # lowest flat index first
+        return torch.arange(ctx.weight.numel(), dtype=torch.float32).view_as(ctx.weight)
+
+    def grow_scores(ctx):
+        s = torch.zeros(ctx.weight.numel())
+        s[grow_to] = 1.0
+        return s.view_as(ctx.weight)
+
+    sp.prune = itop.criteria.get_prune(prune_scores)
+    sp.grow = itop.criteria.get_grow(grow_scores)
+    return model, opt, sp, keys, mask.clone(), drop, back, new
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS_WITH_STATE))
+def test_weight_dropped_and_regrown_in_one_update_is_never_dropped(opt_name):
+    model, opt, sp, keys, mask0, drop, back, new = _one_layer_with_forced_overlap(opt_name, True)
+    w = model[0].weight
+    value0 = w.detach().reshape(-1).clone()
+    state0 = {k: opt.state[w][k].reshape(-1).clone() for k in keys}
+    grown_total0 = sp.tracker.layers["0.weight"].grown_total
+    record = sp.update_topology(drop_fraction=0.25)
+
+    gone = drop[3:]
+    assert (record["dropped"], record["grown"], record["regrown"]) == (3, 3, 3)
+    mask = sp.masks()["0.weight"].reshape(-1)
+    expected = mask0.clone()
+    expected[gone] = False
+    expected[new] = True
+    assert torch.equal(mask, expected) and int(mask.sum()) == 24
+    value = w.detach().reshape(-1)
+    assert torch.equal(value[back], value0[back]) and bool((value0[back] != 0).all())
+    assert bool((value[gone] == 0).all()) and bool((value[new] == 0).all())
+    for k in keys:
+        state = opt.state[w][k].reshape(-1)
+        assert torch.equal(state[back], state0[k][back]) and bool((state0[k][back] != 0).all()), k
+        assert bool((state[gone] == 0).all()) and bool((state[new] == 0).all()), k
+    # The tracker: lifetimes only for the three really dropped, the regrown ones' stretch goes
+    # on (active since step 0), only the three new weights count as grown.
+    track = sp.tracker.layers["0.weight"]
+    assert sp.tracker.lifetimes == {3: 3}
+    assert track.grown_total - grown_total0 == 3
+    ages = sp.tracker.ages("0.weight", sp.step_count)
+    assert ages[back].tolist() == [3, 3, 3] and ages[new].tolist() == [0, 0, 0]
+    assert record["newly_explored"] == 3
+    # Training goes on with the regrown weights' momentum: they move on the next step.
+    x, y = batches(1, shape=(8,), classes=6, seed=9)[0]
+    train_step(model, opt, sp, x, y)
+    assert bool((w.detach().reshape(-1)[~mask] == 0).all())
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS_WITH_STATE))
+def test_keep_regrown_off_resets_regrown_weights_like_any_grown(opt_name):
+    model, opt, sp, keys, mask0, drop, back, new = _one_layer_with_forced_overlap(opt_name, False)
+    w = model[0].weight
+    record = sp.update_topology(drop_fraction=0.25)
+    assert (record["dropped"], record["grown"], record["regrown"]) == (6, 6, 3)
+    value = w.detach().reshape(-1)
+    assert bool((value[back] == 0).all()) and bool((value[new] == 0).all())
+    for k in keys:
+        assert bool((opt.state[w][k].reshape(-1)[back] == 0).all()), k
+    assert sp.tracker.lifetimes == {3: 6}
+    assert sp.tracker.ages("0.weight", sp.step_count)[back].tolist() == [0, 0, 0]
+    assert int(sp.masks()["0.weight"].sum()) == 24
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(["set", "rigl", "snfs", "set-itop"]),
+    opt=st.sampled_from(sorted(OPTIMIZERS_WITH_STATE)),
+    sparsity=st.floats(0.2, 0.8),
+    seed=st.integers(0, 1000),
+)
+def test_updates_change_only_the_net_topology(method, opt, sparsity, seed):
+    """At every update, a weight active before and after keeps its value and optimizer state;
+    a weight active only after starts from zero value and zero state; counts stay exact."""
+    torch.manual_seed(seed)
+    model = mlp()
+    optimizer = OPTIMIZERS_WITH_STATE[opt][0](model.parameters())
+    sp = itop.build(method, model, optimizer, sparsity=sparsity, update_interval=2, drop_fraction=0.6,
+                    drop_schedule="constant", update_end=1.0, total_steps=13, seed=seed)
+    counts = {s.name: s.active for s in sp.layer_stats()}
+    params = params_by_name(model)
+    regrown = 0
+    for x, y in batches(12, seed=seed):
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        before = masks_of(sp)
+        values = {k: params[k].detach().clone() for k in before}
+        states = {k: {n: v.clone() for n, v in optimizer.state[params[k]].items()
+                      if torch.is_tensor(v) and v.shape == params[k].shape} for k in before}
+        record = sp.step()
+        optimizer.zero_grad()
+        check_invariants(sp, model, counts)
+        if record is None:
+            continue
+        regrown += record["regrown"]
+        assert record["dropped"] == record["grown"]
+        for k, m in sp.masks().items():
+            stay, new = m & before[k], m & ~before[k]
+            assert torch.equal(params[k].detach()[stay], values[k][stay]), k
+            assert bool((params[k].detach()[new] == 0).all()), k
+            for n, v in states[k].items():
+                assert torch.equal(optimizer.state[params[k]][n][stay], v[stay]), (k, n)
+                assert bool((optimizer.state[params[k]][n][new] == 0).all()), (k, n)
+    if method in ("set", "set-itop"):  # random regrowth at low sparsity: overlaps are certain
+        assert regrown > 0
+
+
+@pytest.mark.parametrize("method", ["set", "rigl-itop", "snfs"])
+def test_no_topology_update_on_the_last_step(method):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = itop.build(method, model, opt, sparsity=0.9, update_interval=4, update_end=1.0,
+                    total_steps=12, seed=0)
+    _run(model, opt, sp, batches(12))
+    assert [r["step"] for r in sp.history] == [4, 8]  # not 12, the last step
+    assert sp.update_schedule.num_updates(12) == 2
+
+
+def test_drop_rounding_floor_and_ceil():
+    def run(rounding):
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        sp = itop.build("rigl", model, opt, sparsity=0.9, update_interval=1000, total_steps=10**4,
+                        seed=0, drop_rounding=rounding)
+        x, y = batches(1)[0]
+        train_step(model, opt, sp, x, y)
+        counts = [s.active for s in sp.layer_stats()]
+        return counts, sp.update_topology(drop_fraction=0.005)
+
+    counts, floor = run("floor")
+    assert all(0.005 * c < 1 for c in counts[-1:])  # the last layer drops nothing when floored
+    assert floor["dropped"] + floor["regrown"] == sum(int(0.005 * c) for c in counts)
+    counts, ceil = run("ceil")
+    assert ceil["dropped"] + ceil["regrown"] == sum(-(-0.005 * c // 1) for c in counts)
+    assert ceil["dropped"] + ceil["regrown"] > floor["dropped"] + floor["regrown"]
+    with pytest.raises(ValueError, match="unknown drop rounding"):
+        itop.build("rigl", mlp(), None, sparsity=0.9, total_steps=100, drop_rounding="round")
+
+
+def test_drop_rounding_tolerates_float_error():
+    from itop.sparsifier import DROP_ROUNDINGS
+
+    assert 0.29 * 100 < 29 and DROP_ROUNDINGS["floor"](0.29 * 100) == 29
+    assert 0.07 * 100 > 7 and DROP_ROUNDINGS["ceil"](0.07 * 100) == 7
+    assert DROP_ROUNDINGS["ceil"](0.005 * 139) == 1 and DROP_ROUNDINGS["floor"](0.005 * 139) == 0

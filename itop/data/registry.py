@@ -12,6 +12,7 @@ from itop.data import download as _download
 from itop.data.files import default_cache_dir, env_roots, one_line
 from itop.data.splits import DatasetSplits, check_val_fraction, split_validation
 from itop.errors import ConfigError, DataNotFoundError, unknown_name
+from itop.registry import Registry
 
 Locator = Callable[[Path], Path | None]
 
@@ -45,7 +46,7 @@ class DatasetSpec:
     aliases: tuple[str, ...] = ()
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
+_REGISTRY: Registry[DatasetSpec] = Registry("dataset")
 _ALIASES: dict[str, str] = {}
 
 
@@ -63,9 +64,11 @@ def register_dataset(
     download: Callable[[Path], Any] | None = None,
     extra_roots: Sequence[str] = (),
     aliases: Sequence[str] = (),
-    overwrite: bool = False,
+    replace: bool = False,
 ):
     """Register a dataset (usable as a decorator when ``builder`` is omitted).
+
+    A name already taken (or an alias of another dataset) is refused unless ``replace``.
 
     Returns:
         The builder (so the decorator form leaves the function unchanged).
@@ -73,9 +76,8 @@ def register_dataset(
 
     def add(fn: Callable[..., DatasetSplits]) -> Callable[..., DatasetSplits]:
         key = _key(name)
-        taken = key in _REGISTRY or key in _ALIASES
-        if taken and not overwrite:
-            raise ConfigError(f"dataset '{name}' is already registered")
+        if key in _ALIASES and not replace:
+            raise ConfigError(f"dataset '{name}' is already registered (as an alias of '{_ALIASES[key]}')")
         spec = DatasetSpec(
             name=key,
             builder=fn,
@@ -86,7 +88,7 @@ def register_dataset(
             extra_roots=tuple(extra_roots),
             aliases=tuple(_key(a) for a in aliases),
         )
-        _REGISTRY[key] = spec
+        _REGISTRY.register(key, spec, replace=replace)
         for alias in spec.aliases:
             _ALIASES[alias] = key
         return fn

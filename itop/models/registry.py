@@ -21,6 +21,7 @@ from torch import nn
 
 from itop.errors import ConfigError, unknown_name
 from itop.models._common import check_int
+from itop.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class ModelSpec:
     examples: tuple[str, ...] = field(default=())
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+_REGISTRY: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(
@@ -68,7 +69,7 @@ def register_model(
     description: str,
     pattern: str | None = None,
     examples: tuple[str, ...] = (),
-    overwrite: bool = False,
+    replace: bool = False,
 ) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator registering a model factory under ``name``.
 
@@ -86,21 +87,17 @@ def register_model(
         pattern: Optional regular expression with named groups of digits; any name that
             fully matches it builds this model, with the groups passed as ``int`` kwargs.
         examples: Concrete names matching ``pattern`` to list alongside the template.
-        overwrite: Replace an existing entry of the same name instead of raising.
+        replace: Replace an existing entry of the same name instead of raising.
 
     Returns:
         A decorator that records the factory and returns it unchanged.
 
     Raises:
-        ConfigError: If ``name`` is empty or already registered (and ``overwrite`` is false),
+        ConfigError: If ``name`` is empty or already registered (and ``replace`` is false),
             or an example does not match ``pattern``.
     """
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"model name must be a non-empty string, got {name!r}")
-    if name in _REGISTRY and not overwrite:
-        raise ConfigError(
-            f"model '{name}' is already registered; pick another name or pass overwrite=True"
-        )
     compiled = re.compile(pattern) if pattern is not None else None
     for example in examples:
         if compiled is None or not compiled.fullmatch(example):
@@ -109,13 +106,14 @@ def register_model(
     def decorator(factory: ModelFactory) -> ModelFactory:
         if not callable(factory):
             raise ConfigError(f"model factory for '{name}' must be callable, got {factory!r}")
-        _REGISTRY[name] = ModelSpec(
+        spec = ModelSpec(
             name=name,
             factory=factory,
             description=" ".join(description.split()),
             pattern=compiled,
             examples=tuple(examples),
         )
+        _REGISTRY.register(name, spec, replace=replace)
         return factory
 
     return decorator

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from itop import report
-from itop.config import load_config
+from itop.cli import main as cli_main
 from itop.errors import ConfigError, DataNotFoundError
 from itop.report import Run, aggregate, collect, itop_curve, write_report
-from itop.runner import Trainer
+from itop.training import Trainer
+from itop.training.config import load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOT_FILES = [spec.filename for spec in report.PLOTS]
@@ -215,16 +216,16 @@ def test_no_runs_gives_one_line_error(tmp_path, capsys):
     with pytest.raises(DataNotFoundError, match="no runs found in") as info:
         collect([tmp_path / "empty"])
     assert "\n" not in str(info.value)
-    assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 2
+    assert cli_main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("itop: error: no runs found") and err.count("\n") == 1
-    assert report.main([str(tmp_path / "missing")]) == 2
+    assert cli_main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_main_writes_html(runs_root, tmp_path, capsys):
     out = tmp_path / "rep"
-    assert report.main([str(runs_root / "grid"), "--out", str(out), "--format", "html",
+    assert cli_main(["report", str(runs_root / "grid"), "--out", str(out), "--format", "html",
                         "--title", "T", "--by", "method"]) == 0
     assert capsys.readouterr().out.strip() == f"report written to {out / 'report.html'}"
     assert "<h1>T</h1>" in (out / "report.html").read_text()
@@ -241,9 +242,9 @@ def test_report_without_matplotlib_still_has_tables(tmp_path, monkeypatch):
 
 def test_packaged_study_smoke_sweep_then_report_has_every_table_and_plot(tmp_path):
     """The README's two study commands, end to end at smoke scale (a few seconds per run)."""
-    from itop.sweep import run_sweep
+    from itop.training.sweep import run_sweep
 
-    study = Path(__file__).resolve().parent.parent / "configs" / "studies" / "itop-rate.yaml"
+    study = Path(__file__).resolve().parents[2] / "configs" / "studies" / "itop-rate.yaml"
     results = run_sweep(study, "smoke", out_dir=tmp_path / "runs", jobs=2, threads=1)
     assert [r.status for r in results] == ["done"] * 5
     dense = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("dense*/summary.json")]

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from itop.config import load_config
-from itop.runner import Trainer
+from itop.training import Trainer
+from itop.training.config import load_config
 
 BASE = {"dataset": "digits", "model": "lenet-300-100", "tensorboard": False, "progress": "none",
         "lr": 0.05}
@@ -89,7 +89,7 @@ def test_two_ranks_of_b_match_one_rank_of_2b(two_rank_runs, tmp_path, tag, spars
 
 def test_two_rank_checkpoint_resumes_on_one_rank(two_rank_runs):
     tmp, runs = two_rank_runs
-    from itop.checkpoint import load_latest
+    from itop.training.checkpoint import load_latest
 
     killed = runs["killed"][0]
     assert killed["steps"] == 30  # 21 steps per epoch with 2 ranks: checkpoint at step 21

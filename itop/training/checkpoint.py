@@ -1,26 +1,39 @@
-"""Checkpoints that survive crashes: atomic writes, safe loads, automatic fallback.
+"""Checkpoints that survive crashes: atomic writes, safe loads, automatic fallback, RNG state.
 
 A checkpoint is written to a temporary file in the same folder, flushed and fsync'ed, then
 renamed over its final name, so a crash never leaves a half-written file under a checkpoint's
 name. Loading uses ``torch.load(weights_only=True)``: only tensors and plain containers are
 accepted, never arbitrary pickled objects. ``resume="auto"`` takes the newest checkpoint that
-loads and falls back to older ones if the newest is truncated or corrupt.
+loads and falls back to older ones if the newest is truncated or corrupt. :func:`rng_state` and
+:func:`set_rng_state` capture every global random stream (torch, CUDA, numpy, Python) as
+tensors, so an exact resume needs nothing but a weights-only load.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
-__all__ = ["find_checkpoints", "load_checkpoint", "load_latest", "prune_checkpoints", "save_checkpoint"]
+__all__ = [
+    "checkpoint_path",
+    "find_checkpoints",
+    "load_checkpoint",
+    "load_latest",
+    "prune_checkpoints",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +110,25 @@ def prune_checkpoints(folder: str | Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints."""
     for path in find_checkpoints(folder)[:-keep] if keep > 0 else []:
         path.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random stream as tensors (torch, CUDA when present, numpy, Python)."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itop.config import NEVER, RunConfig
+from itop.cli import main as cli_main
 from itop.errors import ConfigError
-from itop.sweep import SCALES, _stop, expand, main, plan_sweep, run_sweep
+from itop.training.config import NEVER, RunConfig
+from itop.training.sweep import SCALES, expand, plan_sweep, run_sweep
+from itop.training.sweep.run import _stop
 
-STUDIES = Path(__file__).resolve().parent.parent / "configs" / "studies"
+STUDIES = Path(__file__).resolve().parents[2] / "configs" / "studies"
 
 
 def write(tmp_path, data, name="sweep.yaml"):
@@ -49,7 +51,7 @@ def test_expand_product_names_and_scales(tmp_path):
     never = runs[2].config
     assert never["update_interval"] == NEVER and never["name"] == runs[2].name
     assert never["out_dir"] == str(tmp_path / "out" / "demo-cpu")
-    RunConfig(**never).validate()  # the full mapping is a valid config
+    RunConfig.from_flat(never).validate()  # the full mapping is a valid config
     assert set(never) == set(RunConfig.keys())
     assert never["progress"] == "none" and never["tensorboard"] is False
 
@@ -265,23 +267,23 @@ def test_failed_run_is_reported_and_others_go_on(tmp_path):
 
 def test_main_dry_run_and_errors(tmp_path, capsys):
     path = sweep_file(tmp_path)
-    assert main(["-c", str(path), "--scale", "smoke", "--out-dir", str(tmp_path / "o"), "--dry-run",
+    assert cli_main(["sweep", "-c", str(path), "--scale", "smoke", "--out-dir", str(tmp_path / "o"), "--dry-run",
                  "--data-dir", "/data"]) == 0
     out = capsys.readouterr().out
     assert "demo at scale smoke: 6 runs" in out and "varying: method, update_interval" in out
     assert "planned" in out and "rigl-dtnever" in out
     assert not (tmp_path / "o").exists()
-    assert main(["-c", str(tmp_path / "missing.yaml")]) == 2
+    assert cli_main(["sweep", "-c", str(tmp_path / "missing.yaml")]) == 2
     assert "itop: error: cannot read sweep file" in capsys.readouterr().err
-    assert main(["-c", str(path), "--seed", "4"]) == 2
+    assert cli_main(["sweep", "-c", str(path), "--seed", "4"]) == 2
     assert "cannot override seed" in capsys.readouterr().err
 
 
 def test_sparse_init_study_pairs_every_run_with_and_without_it():
-    from itop.config import RunConfig
+    from itop.training.config import RunConfig
 
     def what_runs(spec):  # the resolved config, without where it is written
-        resolved = RunConfig(**spec.config).resolved()
+        resolved = RunConfig.from_flat(spec.config).resolved()
         return tuple(sorted((k, str(v)) for k, v in resolved.items()
                             if k not in ("name", "out_dir", "sparse_init")))
 

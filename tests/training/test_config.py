@@ -1,7 +1,7 @@
 import pytest
 
-from itop.config import RunConfig, load_config, parse_overrides
 from itop.errors import ConfigError
+from itop.training.config import RunConfig, load_config, parse_overrides
 
 
 def test_overrides_parse_yaml_scalars_and_dashes():
@@ -78,7 +78,7 @@ def test_every_sparsifier_key_is_a_run_config_key():
 def test_every_shipped_config_is_valid():
     import pathlib
 
-    root = pathlib.Path(__file__).parent.parent / "configs"
+    root = pathlib.Path(__file__).parents[2] / "configs"
     files = sorted(f for f in root.rglob("*.yaml") if "studies" not in f.parts)  # studies: sweep files
     assert len(files) >= 12
     for f in files:
@@ -92,9 +92,47 @@ def test_update_interval_never_is_a_static_mask_that_round_trips(tmp_path):
     resolved = c.resolved()
     assert resolved["update_interval"] == "never" and resolved["grow"] == "gradient"
     f = tmp_path / "r.yaml"
-    from itop.config import dump_config
+    from itop.training.config import dump_config
 
     dump_config({k: v for k, v in resolved.items() if v is not None}, f)
     assert load_config(f).sparse_config().update_interval is None
     with pytest.raises(ConfigError, match="'never'"):
         load_config(None, {"update_interval": "sometimes"})
+
+
+def test_the_schema_declares_each_key_once():
+    import dataclasses
+
+    from itop.methods import SparseConfig
+    from itop.training.config import CONTROL, IDENTITY, KEYS
+
+    sparse_fields = {f.name: f for f in dataclasses.fields(SparseConfig)}
+    for name, spec in KEYS.items():
+        if spec.sparse:  # read from SparseConfig: same name and type, preset by default
+            assert str(sparse_fields[name].type) == spec.type and spec.default is None
+    assert set(sparse_fields) - {k for k, s in KEYS.items() if s.sparse} == {"sparsity", "seed"}
+    # Run identity and the keys a sweep ignores come from the roles, not from lists.
+    assert {k for k, s in KEYS.items() if s.role == IDENTITY} == {
+        "model", "model_args", "dataset", "method", "sparsity", "batch_size", "epochs", "multiplier", "seed"}
+    assert {k for k, s in KEYS.items() if s.role == CONTROL} == {
+        "threads", "out_dir", "name", "resume", "progress", "tensorboard", "max_steps",
+        "checkpoint_every_steps", "keep_checkpoints", "eval_every", "device", "num_workers",
+        "data_dir", "download", "compile", "channels_last", "dist_backend"}
+
+
+def test_flat_round_trip_and_one_resolution():
+    c = load_config(None, {"method": "set", "drop_fraction": 0.2, "sparsity": 0.95})
+    assert c.sparse == {"update_interval": 40, "drop_fraction": 0.2}  # the demo file sets ΔT
+    again = RunConfig.from_flat(c.to_flat())
+    assert again == c and again.resolved() == c.resolved()
+    assert c.sparse_config() is c.sparse_config()  # resolved once
+    sc = c.sparse_config()
+    assert (sc.grow, sc.drop_fraction, sc.sparsity, sc.seed) == ("random", 0.2, 0.95, c.seed)
+    changed = c.replace(drop_fraction=0.4, lr=0.01)
+    assert changed.sparse_config().drop_fraction == 0.4 and changed.lr == 0.01 and c.lr != 0.01
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.lr = 1.0
+    with pytest.raises(ConfigError, match="did you mean 'drop_fraction'"):
+        RunConfig.from_flat({"drop_fractoin": 0.1})

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from itop.checkpoint import (
+from itop.errors import CheckpointError
+from itop.training.checkpoint import (
     checkpoint_path,
     find_checkpoints,
     load_checkpoint,
@@ -9,7 +10,6 @@ from itop.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from itop.errors import CheckpointError
 
 
 def test_atomic_save_and_safe_load(tmp_path):

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from itop.config import load_config
 from itop.errors import CheckpointError, ConfigError, DivergenceError
-from itop.runner import Trainer, lr_lambda
+from itop.training import Trainer, lr_lambda
+from itop.training.config import load_config
 
 FAST = {"epochs": 2, "batch_size": 64, "method": "rigl", "update_interval": 5, "tensorboard": False,
         "model": "lenet-300-100", "progress": "none"}
@@ -124,7 +124,7 @@ def test_multiplier_scales_epochs_and_schedules(tmp_path):
 
 
 def test_imp_rewinds_survivors_under_the_new_mask(tmp_path):
-    from itop.runner import train_imp
+    from itop.training import train_imp
 
     c = cfg(tmp_path, method="imp", epochs=1, rounds=2, rewind_step=3, sparsity=0.75)
     seen = []
@@ -225,7 +225,7 @@ def test_tensorboard_events_when_installed(tmp_path):
 def test_imp_resumes_after_its_first_round(tmp_path):
     import shutil
 
-    from itop.runner import train_imp
+    from itop.training import train_imp
 
     c = cfg(tmp_path, method="imp", epochs=1, rounds=1, rewind_step=2, sparsity=0.8)
     first = train_imp(c)
