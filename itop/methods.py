@@ -70,6 +70,8 @@ class SparseConfig:
         keep_last_dense: Keep the last sparsifiable layer dense.
         layer_sparsity: Name pattern -> fixed sparsity of the matching layers.
         exclude: Name patterns of weights not sparsified at all.
+        include: Name patterns of further parameters to sparsify beyond the default layer
+            types (embeddings, positional tables, custom layers; ``TargetSelector.patterns``).
         reliable_steps: Threshold of the reliable R_s (default: ``update_interval``).
         seed: Seed of the engine's random streams (``None``: from torch's global RNG).
         initial_sparsity: Gradual magnitude pruning (GMP): start at this sparsity and prune
@@ -106,6 +108,7 @@ class SparseConfig:
     keep_last_dense: bool = False
     layer_sparsity: dict[str, float] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
     reliable_steps: int | None = None
     seed: int | None = None
     initial_sparsity: float | None = None
@@ -251,8 +254,8 @@ def from_config(
         input_shape: Input shape without the batch dimension, for SynFlow.
         masks: Explicit initial masks (overrides the distribution and ``init_pruning``).
         targets: Which weights to sparsify (e.g. ``TargetSelector(patterns=("*.wte.weight",))``);
-            the config's ``exclude``, ``keep_first_dense``, ``keep_last_dense`` and
-            ``layer_sparsity`` are added to it.
+            the config's ``include``, ``exclude``, ``keep_first_dense``, ``keep_last_dense``
+            and ``layer_sparsity`` are added to it.
     """
     if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
         raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -276,6 +279,7 @@ def from_config(
     base = targets if targets is not None else TargetSelector()
     selector = dataclasses.replace(
         base,
+        patterns=tuple(base.patterns) + tuple(config.include),
         exclude=tuple(base.exclude) + tuple(config.exclude),
         keep_first_dense=base.keep_first_dense or config.keep_first_dense,
         keep_last_dense=base.keep_last_dense or config.keep_last_dense,

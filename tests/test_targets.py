@@ -249,3 +249,13 @@ def test_build_takes_a_selector_and_adds_the_config_patterns():
     names = sp.layer_names()
     assert names[0] == "emb.weight" and not any(n.startswith("unpacked.") for n in names)
     assert {s.name: s.density for s in sp.layer_stats()}[names[-1]] == 1.0
+
+
+def test_include_config_key_sparsifies_named_parameters():
+    import itop
+    from itop.training.config import RunConfig
+
+    sp = itop.build("static", Attn(), sparsity=0.5, include=["emb"], seed=0)
+    assert sp.layer_names()[0] == "emb.weight"
+    cfg = RunConfig.from_flat({"include": ["transformer.wte.weight"]})
+    assert cfg.sparse_config().include == ["transformer.wte.weight"]
