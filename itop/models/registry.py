@@ -163,6 +163,12 @@ def _pattern_kwargs(spec: ModelSpec, name: str) -> dict[str, int]:
     return {key: int(value) for key, value in match.groupdict().items() if value is not None}
 
 
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ConfigError now if ``build_model(name, ..., **options)`` would reject an option."""
+    spec, fixed_kwargs = _resolve(name)
+    _check_options(spec, name, options, set(fixed_kwargs))
+
+
 def get_model_spec(name: str) -> ModelSpec:
     """Return the registry entry that ``name`` resolves to (pattern names included).
 

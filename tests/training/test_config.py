@@ -136,3 +136,12 @@ def test_flat_round_trip_and_one_resolution():
         c.lr = 1.0
     with pytest.raises(ConfigError, match="did you mean 'drop_fraction'"):
         RunConfig.from_flat({"drop_fractoin": 0.1})
+
+
+def test_model_and_data_options_are_checked_before_training():
+    c = load_config(None, {"model": "wrn-16-2", "model_args": {"dropout": 0.3}})
+    assert c.model_args == {"dropout": 0.3}
+    with pytest.raises(ConfigError, match="has no option 'dropuot'"):
+        load_config(None, {"model": "wrn-16-2", "model_args": {"dropuot": 0.3}})
+    with pytest.raises(ConfigError, match="unknown option"):
+        load_config(None, {"data_args": {"crop_size": 3}})
