@@ -328,7 +328,7 @@ def _to_sparse(storage: DenseMaskedStorage, target: Target, root: nn.Module, act
                full: bool, optimizer: torch.optim.Optimizer | None) -> tuple[WeightStorage, str | None]:
     from .sparse import sparse_capable
 
-    reason = "all of its weights are active" if full else sparse_capable(root, target.module)
+    reason = "all of its weights are active" if full else sparse_capable(root, target.module, param=target.param)
     if reason is not None:
         return storage, reason
     return SparseValuesStorage(target, root, active, optimizer), None

@@ -47,11 +47,15 @@ def _weight_uses(root: nn.Module) -> dict[int, int]:
     return uses
 
 
-def sparse_capable(root: nn.Module, module: nn.Module, uses: Mapping[int, int] | None = None) -> str | None:
-    """Why ``module`` cannot run sparse (one phrase), or ``None`` when it can."""
+def sparse_capable(root: nn.Module, module: nn.Module, uses: Mapping[int, int] | None = None,
+                   param: torch.Tensor | None = None) -> str | None:
+    """Why ``module`` (with its parameter ``param``, default its ``weight``) cannot run sparse
+    (one phrase), or ``None`` when it can."""
     if type(module) is not nn.Linear:
         return f"{type(module).__name__} layers are not covered (only nn.Linear)"
     w = module.weight
+    if param is not None and param is not w:
+        return "the sparsified parameter is not the layer's weight"
     if w.dtype not in SUPPORTED_DTYPES:
         return f"{w.dtype} weights are not supported (float32, float64)"
     if w.layout != torch.strided:
