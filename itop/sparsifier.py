@@ -25,6 +25,7 @@ through one interface, whatever the mode.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -313,7 +314,14 @@ class Sparsifier:
     # -- construction --------------------------------------------------------------------------
 
     def _build_layers(self, masks: Mapping[str, torch.Tensor] | None) -> list[_Layer]:
-        targets = self.selector.select(self.model)
+        selection = self.selector.plan(self.model)
+        for msg in selection.warnings:
+            log.warning("%s", msg)
+        targets = selection.targets
+        # What describe() reports, kept without the targets (sparse execution replaces layers,
+        # and the dense weights it frees must not stay referenced here).
+        self._selection = dataclasses.replace(selection, targets=[], warnings=[])
+        self._kinds = {t.name: t.kind for t in targets}
         self._shapes = {t.name: t.shape for t in targets}
         self._fixed = self.selector.fixed_densities(targets)
         if masks is not None:
@@ -761,12 +769,13 @@ class Sparsifier:
         which are always dense. The sparsifier logs it at construction, so nothing is silently
         left dense.
         """
-        selection = self.selector.plan(self.model)
-        kinds = {t.name: t.kind for t in selection.targets}
+        selection = self._selection  # planned at construction, before any layer was replaced
+        kinds = self._kinds
         rows = [("weight", "kind", "shape", "active", "density", "R_s")]
         for s in self.layer_stats():
             rows.append((
-                s.name, kinds.get(s.name, ""), "x".join(map(str, s.shape)),
+                s.name, kinds.get(s.name, "") + (" (sparse)" if s.execution == "sparse" else ""),
+                "x".join(map(str, s.shape)),
                 f"{s.active}/{s.numel}", f"{s.density:.4f}", f"{s.itop_rate:.4f}",
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -47,13 +47,15 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast=None) -> t
 
 
 def restore_model(state: dict[str, Any], path: str | Path, cfg: RunConfig, data, dev: torch.device):
-    """The model and a static sparsifier of a saved run, in the run's execution mode.
+    """The model, a static sparsifier and the dense FLOP profile of a saved run, in the run's
+    execution mode.
 
-    The sparsifier is built first (with ``execution: sparse`` it replaces the model's linear
-    layers by sparse ones), then the model's and the sparsifier's state are loaded, as a resume
-    does.
+    The model is profiled, then the sparsifier is built (with ``execution: sparse`` it replaces
+    the model's linear layers by sparse ones), then the model's and the sparsifier's state are
+    loaded, as a resume does.
     """
     model = make_model(cfg, data).to(dev)
+    profile = profile_model(model, input_shape(data))
     # The masks come from the saved sparsifier state: build a static holder for them (no
     # topology updates, no pruning at init, no gradual schedule, one IMP round; update_end 1, as
     # a fraction of a 1-step run it would be an empty window).
@@ -65,7 +67,7 @@ def restore_model(state: dict[str, Any], path: str | Path, cfg: RunConfig, data,
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit model {cfg.model}: {str(e).splitlines()[0]}") from None
     sp.load_state_dict(state["sparsifier"])
-    return model, sp
+    return model, sp, profile
 
 
 def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
@@ -81,12 +83,10 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, device: s
         cfg = cfg.replace(data_dir=data_dir)
     dev = resolve_device(device)
     data = make_data(cfg)
-    model, sp = restore_model(state, path, cfg, data, dev)
-    shape = input_shape(data)
+    model, sp, profile = restore_model(state, path, cfg, data, dev)
     loader = data.loader("test", batch_size=256, shuffle=False)
     test_loss, test_acc = evaluate(model, loader, dev)
     zeros = sum(int((w == 0).sum()) for w in sp.dense_weights().values())
-    profile = profile_model(model, shape)
     densities = {s.name: s.density for s in sp.layer_stats()}
     flops = summarize(profile, densities, None)
     return {

@@ -41,7 +41,7 @@ def export_checkpoint(path: str | Path, out: str | Path, data_dir: str | None = 
     if data_dir is not None:
         cfg = cfg.replace(data_dir=data_dir)
     data = make_data(cfg)
-    model, sp = restore_model(state, path, cfg, data, resolve_device("cpu"))
+    model, sp, _ = restore_model(state, path, cfg, data, resolve_device("cpu"))
     masks = {n: m for n, m in sp.masks().items() if not bool(m.all())}
     if not masks and not sparse_layers(model):
         raise ConfigError(f"{path} is a run without sparse layers (method {cfg.method}, sparsity "

@@ -145,6 +145,9 @@ class Trainer:
             self.optimizer, lr_lambda(cfg, self.total_steps, self.steps_per_epoch))
         self.sparse_config = sparse_config or cfg.sparse_config()
         shape = input_shape(self.data)
+        # Dense FLOPs per layer, profiled before the sparsifier (execution: sparse replaces the
+        # linear layers by sparse ones, whose products the FLOP counter does not see).
+        self.flop_profile = profile_model(self.model, shape)
         self.sparsifier: Sparsifier = make_sparsifier(
             cfg, self.model, self.optimizer, self.total_steps, shape,
             batches=self._init_batches(), masks=masks, config=self.sparse_config,
@@ -154,7 +157,6 @@ class Trainer:
         # IMP rewinding: the weights at ``capture_step`` (0 = initialisation) are kept.
         self.capture_step = capture_step
         self.captured: dict[str, torch.Tensor] | None = None
-        self.flop_profile = profile_model(self.model, shape)
         self.flops = TrainingFlops(self.flop_profile)
         self.dense_gradient = dense_gradient_policy(self.sparsifier.grow)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

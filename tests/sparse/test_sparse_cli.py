@@ -60,6 +60,10 @@ def test_dense_executed_run_exports_its_masked_layers(tmp_path, capsys):
     assert main(["train", *RUN, "--out-dir", str(tmp_path), "--name", "d"]) == 0
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["execution"] == "dense"
+    assert main(["train", *RUN, "--execution", "sparse", "--out-dir", str(tmp_path), "--name", "s"]) == 0
+    sparse = json.loads((tmp_path / "s" / "summary.json").read_text())
+    for key in ("training_flops_relative", "inference_flops_relative", "itop_rate", "sparsity", "updates"):
+        assert sparse[key] == pytest.approx(summary[key]), key  # same accounting in both modes
     capsys.readouterr()
     assert main(["export", str(tmp_path / "d" / "best.pt"), "-o", str(tmp_path / "m.pt"), "--json"]) == 0
     info = _last_json(capsys)

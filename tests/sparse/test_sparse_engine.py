@@ -82,16 +82,28 @@ def test_conv_layers_keep_dense_masking_in_the_same_model(caplog):
     assert masks["7.weight"].sum() == model[7].nnz
 
 
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp()
+        self.extra = nn.Linear(96, 48)
+        self.extra.weight = self.body[3].weight  # one matrix used by two layers
+
+    def forward(self, x):
+        return self.body(x) + self.extra(self.body[2](self.body[1](self.body[0](x)))).sum()
+
+
 def test_tied_and_kept_dense_layers_stay_dense(caplog):
-    model = mlp()
-    model.tail = nn.Linear(48, 96)
-    model.tail.weight = model[3].weight  # shared with layer 3 (transposed use elsewhere)
+    model = _Tied()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with caplog.at_level(logging.INFO, logger="itop.sparsifier"):
-        _build(model, opt, keep_first_dense=True, exclude=["tail"], sparsity=0.3)
-    assert "1.weight (all of its weights are active)" in caplog.text
-    assert "3.weight (its weight is shared with another module)" in caplog.text
-    assert not sparse_layers(model)
+        sp = _build(model, opt, keep_first_dense=True, sparsity=0.3, distribution="uniform")
+    assert "body.1.weight (all of its weights are active)" in caplog.text
+    assert "body.3.weight (its weight is shared with another module)" in caplog.text
+    assert list(sparse_layers(model)) == ["body.5"]
+    for x, y in batches(6):
+        train_step(model, opt, sp, x, y)
+    assert (model.extra.weight[~sp.masks()["body.3.weight"]] == 0).all()
 
 
 @pytest.mark.parametrize("method, match", [("snfs", "momentum.*execution: dense"),

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from itop.errors import CheckpointError, ConfigError
-from itop.flops import profile_model
 from itop.sparse import SparseLinear, dense_state_dict, sparse_layers, to_dense, to_sparse_linear
 
 
@@ -121,10 +120,9 @@ def test_bad_inputs():
         SparseLinear(5, 6, torch.tensor([1]), torch.ones(1, dtype=torch.bfloat16))
 
 
-def test_repr_and_flop_profile_count_the_layer_as_linear():
+def test_repr_shows_the_count_and_the_layer_is_a_linear():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 2))
-    dense_profile = profile_model(model, (12,))
     to_sparse_linear(model, "1", torch.arange(20))
-    assert "nnz=20" in repr(model)
-    assert profile_model(model, (12,)).layers == dense_profile.layers
+    assert "nnz=20" in repr(model) and isinstance(model[1], nn.Linear)
+    assert (model[1].in_features, model[1].out_features) == (12, 7)
