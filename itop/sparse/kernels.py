@@ -182,13 +182,14 @@ class _SparseLinearFunction(torch.autograd.Function):
                 layout: CsrLayout, sink: DenseGradSink | None) -> torch.Tensor:
         xt = _transposed_contiguous(x)  # (in, N)
         yt = spmm(layout.matrix(values), xt)  # (out, N)
-        if bias is not None:
-            yt.add_(bias.unsqueeze(1))
         ctx.save_for_backward(xt, values)
         ctx.layout = layout
         ctx.sink = sink
         ctx.has_bias = bias is not None
-        return yt.t().contiguous()
+        if bias is None:
+            return yt.t().contiguous()
+        y = torch.empty((yt.shape[1], yt.shape[0]), dtype=yt.dtype, device=yt.device)
+        return torch.add(yt.t(), bias, out=y)  # transpose back and add the bias in one pass
 
     @staticmethod
     @once_differentiable
