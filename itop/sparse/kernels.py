@@ -17,13 +17,15 @@ sparse backward does not produce; on the steps that need it a :class:`DenseGradS
 ``gᵀ x`` as well (one dense product, update steps only).
 
 Which kernel runs each product was chosen by measurement on the reference CPU (2 threads,
-batch 128, MLP layers 784x4096 and 4096x4096, densities 1-10%; ``benchmarks/bench_sparse.py
---kernels`` repeats the comparison, ``docs/performance.md`` records it): ``torch.sparse.mm(A,
-B, reduce="sum")`` (ATen's vectorised CSR SpMM) beat MKL's CSR product
-(``torch.sparse.mm(A, B)``), COO, dense-times-sparse, the CSC view ``W.t()`` and gather-based
-formulations; ``sampled_addmm`` with the batch's transposed layout beat gather-and-dot
-chunking by an order of magnitude. Kernels are looked up by device type in :data:`SPMM`, so
-tensors on other devices use ``torch.sparse.mm`` (cuSPARSE on CUDA) with no code change.
+batch 128, layers 4096x4096 and 4096x784 at densities 1-20%; ``benchmarks/bench_sparse.py
+--part kernels`` repeats the comparison, ``docs/performance.md`` records it): for the two
+SpMMs, ``torch.sparse.mm(A, B, "sum")`` (ATen's vectorised CSR kernel) and MKL's CSR product
+(``torch.sparse.mm(A, B)``) were within 10-30% of each other, neither consistently ahead, while
+COO, the CSC view ``W.t()``, dense-times-sparse and gather-and-``index_add_`` formulations were
+3-10x slower; ``sampled_addmm`` with the batch in transposed layout beat gather-and-dot by
+10-20x and the row-major layout by 10-30%. Kernels are looked up by device type in
+:data:`SPMM`, so tensors on other devices use ``torch.sparse.mm`` (cuSPARSE on CUDA) with no
+code change.
 
 The kernels work on transposed activations (``xᵀ``, ``gᵀ``: the batch is the contiguous
 dimension, so each active weight reads one contiguous row); inputs and outputs of the layer are
