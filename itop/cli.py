@@ -2,13 +2,18 @@
 
 The only place that parses arguments: each subcommand turns its flags (for ``train``, a YAML
 config plus ``--key value`` overrides) into library objects and calls the library. Errors caused
-by input are printed as one line (``itop: error: ...``) with exit status 2, never a traceback.
-Under ``torchrun`` only rank 0 prints.
+by input or by the file system (a full disk, a path that is a file) are printed as one line
+(``itop: error: ...``), never a traceback. Under ``torchrun`` only rank 0 prints.
+
+Exit status (:data:`EXIT_CODES`): 0 done; 1 a sweep run failed (or an unexpected crash, with
+its traceback); 2 an ``itop: error:`` line; 130 stopped by SIGINT, 143 by SIGTERM (``itop
+train`` first writes a checkpoint of the step it was in: continue with ``--resume auto``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +25,16 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, ItopError
+from .errors import ConfigError, Interrupted, ItopError
+
+#: What each exit status of ``itop`` means (also in the README).
+EXIT_CODES = {
+    0: "done",
+    1: "a sweep run failed, or an unexpected crash (with its traceback)",
+    2: "an itop: error: line (bad input, a damaged checkpoint, a file-system error, a NaN loss)",
+    128 + signal.SIGINT: "stopped by SIGINT (Ctrl-C); a checkpoint of the current step was written",
+    128 + signal.SIGTERM: "stopped by SIGTERM (SLURM, Kubernetes); a checkpoint of the current step was written",
+}
 
 EPILOG_TRAIN = """Any config key is also a flag: --key value (e.g. --sparsity 0.98 --update-interval 100).
 Without -c the built-in demo config is the base (RigL-ITOP on scikit-learn's digits).
@@ -77,7 +91,27 @@ def _use_bar(mode: str) -> bool:
 # -- train / eval / list ---------------------------------------------------------------------------
 
 
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises :class:`Interrupted` (as SIGINT raises KeyboardInterrupt) while the block runs;
+    ``Trainer.fit`` refines both into a checkpoint at the current step while it trains."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    """Exit status: 0 done, 2 on an error line, 130/143 when stopped by SIGINT/SIGTERM."""
     from .training import load_config, run_training
     from .training.config import parse_overrides
 
@@ -85,11 +119,19 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     source = "built-in demo config" if args.config is None else args.config
     say(f"# itop train: {cfg.run_name()}  ({source}); resolved config:")
     say(yaml.safe_dump(cfg.resolved(), sort_keys=False).rstrip())
+    run_dir = f"{cfg.out_dir}/{cfg.run_name()}"
     try:
-        summary = run_training(cfg, on_step=_progress_bar(sys.stderr) if _use_bar(cfg.progress) else None)
+        with _sigterm_interrupts():
+            summary = run_training(cfg, on_step=_progress_bar(sys.stderr) if _use_bar(cfg.progress) else None)
+    except Interrupted as e:
+        where = (f"at step {e.step}; checkpoint {e.checkpoint} holds it" if e.checkpoint
+                 else f"before a checkpoint was written; results so far are under {run_dir}")
+        say(f"itop: interrupted by {e.signal_name} {where}: continue with the same command plus "
+            f"--resume auto (exit status {e.exit_code})", sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        say(f"itop: interrupted; checkpoints are kept under {cfg.out_dir}/{cfg.run_name()}: continue "
-            "with the same command plus --resume auto", sys.stderr)
+        say(f"itop: interrupted by SIGINT; the checkpoints written so far are kept under {run_dir}: "
+            "continue with the same command plus --resume auto", sys.stderr)
         return 130
     say()
     sel, fin = summary["test_acc_selected"], summary["final_test_acc"]
@@ -208,10 +250,31 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise ConfigError(f"itop report: unexpected {' '.join(extra)} (see itop report -h)")
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
+    _check_output_folder(args.out, "--out")
     path = write_report(args.paths, args.out, title=args.title, fmt=args.format, by=by,
                         include_rounds=args.include_rounds)
     say(f"report written to {path}")
     return 0
+
+
+def _check_output_folder(path: str, flag: str) -> None:
+    """An output folder must be a folder or creatable as one (checked before any work)."""
+    from pathlib import Path
+
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == Path(path) else f"cannot be created: {probe} is a file"
+        raise ConfigError(f"{flag} {path} {what}, not a folder; give a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path} cannot be written ({probe} is not writable); give another folder")
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a file-system error that reached the command line."""
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot use{where}: {e.strerror or e}; check the path, the free disk space and the permissions"
 
 
 # -- the parser ------------------------------------------------------------------------------------
@@ -304,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args, extra)
     except ItopError as e:
         say(f"itop: error: {e}", sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a path that is a file, a folder that is not writable
+        say(f"itop: error: {_os_error(e)}", sys.stderr)
         return 2
 
 

@@ -36,8 +36,14 @@ __all__ = ["METHODS", "Method", "SparseConfig", "build", "get_method", "list_met
 
 
 # Field metadata read by the run-config schema (itop.training.config): how a key shows in sweep
-# run names (label "" = the value alone) and words that stand for values. Inert for the engine.
+# run names (label "" = the value alone), words that stand for values, and ``midrun``: whether a
+# resumed run can take a new value from the resume step (True: the engine reads it only through
+# schedules and criteria, which are told the step) or why not. Inert for the engine.
 _VALUE_ONLY = {"label": ""}
+_MIDRUN = {"midrun": True}
+_AT_INIT = {"midrun": "it acts at initialisation only, which this run has passed"}
+_LAYOUT = {"midrun": "it decides which weights are sparse and how many each layer keeps, fixed when "
+                     "the run started"}
 
 
 @dataclass
@@ -87,36 +93,38 @@ class SparseConfig:
     """
 
     sparsity: float = field(default=0.9, metadata={"role": "identity"})
-    distribution: str = field(default="erk", metadata=_VALUE_ONLY)
-    erk_power_scale: float = 1.0
-    prune: str = field(default="magnitude", metadata=_VALUE_ONLY)
-    grow: str = field(default="random", metadata=_VALUE_ONLY)
+    distribution: str = field(default="erk", metadata={**_VALUE_ONLY, **_LAYOUT})
+    erk_power_scale: float = field(default=1.0, metadata=_LAYOUT)
+    prune: str = field(default="magnitude", metadata={**_VALUE_ONLY, **_MIDRUN})
+    grow: str = field(default="random", metadata={**_VALUE_ONLY, **_MIDRUN})
     update_interval: int | None = field(default=100, metadata={"label": "dt", "rank": 4,
-                                                               "words": {"never": None}})
-    update_start: int = 0
-    update_end: float = 1.0
-    drop_fraction: float = 0.3
-    final_drop_fraction: float = 0.0
-    drop_schedule: str = field(default="cosine", metadata=_VALUE_ONLY)
-    grow_init: str = field(default="zero", metadata=_VALUE_ONLY)
-    keep_regrown: bool = True
-    drop_rounding: str = "floor"
-    sparse_init: bool = False
-    keep_first_dense: bool = False
-    keep_last_dense: bool = False
-    layer_sparsity: dict[str, float] = field(default_factory=dict)
-    exclude: list[str] = field(default_factory=list)
-    reliable_steps: int | None = None
+                                                               "words": {"never": None}, **_MIDRUN})
+    update_start: int = field(default=0, metadata=_MIDRUN)
+    update_end: float = field(default=1.0, metadata=_MIDRUN)
+    drop_fraction: float = field(default=0.3, metadata=_MIDRUN)
+    final_drop_fraction: float = field(default=0.0, metadata=_MIDRUN)
+    drop_schedule: str = field(default="cosine", metadata={**_VALUE_ONLY, **_MIDRUN})
+    grow_init: str = field(default="zero", metadata={**_VALUE_ONLY, **_MIDRUN})
+    keep_regrown: bool = field(default=True, metadata=_MIDRUN)
+    drop_rounding: str = field(default="floor", metadata=_MIDRUN)
+    sparse_init: bool = field(default=False, metadata=_AT_INIT)
+    keep_first_dense: bool = field(default=False, metadata=_LAYOUT)
+    keep_last_dense: bool = field(default=False, metadata=_LAYOUT)
+    layer_sparsity: dict[str, float] = field(default_factory=dict, metadata=_LAYOUT)
+    exclude: list[str] = field(default_factory=list, metadata=_LAYOUT)
+    reliable_steps: int | None = field(default=None, metadata={
+        "midrun": "the reliable R_s counted so far used the old threshold, and a mix of two measures neither"})
     seed: int | None = None
-    initial_sparsity: float | None = None
-    prune_start: float = 0.1
-    prune_end: float = 0.75
-    global_pruning: bool = False
-    init_pruning: str | None = field(default=None, metadata=_VALUE_ONLY)
-    init_batches: int = 1
-    synflow_rounds: int = 100
-    rounds: int = 1
-    rewind_step: int = 0
+    initial_sparsity: float | None = field(default=None, metadata={
+        "midrun": "it shapes the whole gradual-pruning curve from step 0"})
+    prune_start: float = field(default=0.1, metadata=_MIDRUN)
+    prune_end: float = field(default=0.75, metadata=_MIDRUN)
+    global_pruning: bool = field(default=False, metadata=_MIDRUN)
+    init_pruning: str | None = field(default=None, metadata={**_VALUE_ONLY, **_AT_INIT})
+    init_batches: int = field(default=1, metadata=_AT_INIT)
+    synflow_rounds: int = field(default=100, metadata=_AT_INIT)
+    rounds: int = field(default=1, metadata={"midrun": "it shapes the rounds of iterative magnitude pruning"})
+    rewind_step: int = field(default=0, metadata={"midrun": "it shapes the rounds of iterative magnitude pruning"})
 
     @classmethod
     def keys(cls) -> list[str]:

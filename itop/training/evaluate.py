@@ -47,7 +47,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast=None) -> t
 
 def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Accuracy, sparsity, R_s and FLOPs of a saved model (``best.pt`` or a checkpoint)."""
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, fix="evaluate another checkpoint of the run (best.pt or a file in checkpoints/)")
     if "config" not in state or "model" not in state:
         raise CheckpointError(f"{path} is not an itop checkpoint (no config/model); pass best.pt or a ckpt-*.pt")
     cfg = RunConfig.from_flat(state["config"])

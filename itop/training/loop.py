@@ -85,10 +85,14 @@ def train_step(t: Trainer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
         out = t.net(x)
         loss = t.loss_fn(out.float(), y)
     if not bool(torch.isfinite(loss)):
-        good = f"the last good checkpoint is {t.last_checkpoint}" if t.last_checkpoint else "no checkpoint was written yet"
+        if t.last_checkpoint:
+            advice = (f"the last good checkpoint is {t.last_checkpoint}; lower --lr (or set --grad-clip) and "
+                      "continue from it with --resume auto --resume-override lr (or grad_clip)")
+        else:
+            advice = "no checkpoint was written yet; lower --lr (or set --grad-clip) and start over with --resume restart"
         raise DivergenceError(
             f"loss became {float(loss.detach())} at epoch {p.epoch + 1}, step {p.step + 1}; training "
-            f"stopped and {good}; lower --lr (or set --grad-clip) and resume with --resume auto"
+            f"stopped and {advice}"
         )
     t.optimizer.zero_grad(set_to_none=True)
     skipped = False
