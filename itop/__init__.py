@@ -13,10 +13,11 @@ Three lines add dynamic sparse training to a PyTorch loop::
 Layers: the engine lives at the top of the package (``sparsifier``, ``criteria``,
 ``distributions``, ``schedules``, ``tracker``, ``optim_state``, ``methods``, ``lottery``);
 orchestration (run configs, the training loop, checkpoints, sweeps) in :mod:`itop.training`;
-reports in :mod:`itop.report`; the command line in :mod:`itop.cli`.
+reports in :mod:`itop.report`; the command line in :mod:`itop.cli`; callbacks for the Hugging
+Face Trainer and Lightning in :mod:`itop.integrations` (``hf``, ``lightning``).
 """
 
-from . import criteria, distributed, distributions, flops, lottery, pruning, schedules
+from . import criteria, distributed, distributions, flops, integrations, lottery, pruning, schedules
 from .criteria import Criterion, LayerContext, ScoreCriterion
 from .errors import (
     CheckpointError,
@@ -75,6 +76,7 @@ __all__ = [
     "distributed",
     "distributions",
     "flops",
+    "integrations",
     "pruning",
     "from_config",
     "get_method",

@@ -197,7 +197,8 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     """Exit status: 0 when every run completed, 1 when a run failed, 2 on bad input, 130 when
     interrupted."""
     from .training.config import parse_overrides
-    from .training.sweep import _cpu_count, format_table, plan_sweep, run_sweep
+    from .training.sweep import format_table, plan_sweep, run_sweep
+    from .training.sweep.run import _cpu_count
 
     plan = plan_sweep(args.config, args.scale, args.out_dir, parse_overrides(extra))
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):

@@ -18,6 +18,10 @@ whose density would pass 1 is made dense and ``eps`` is solved again for the oth
 * ER (Mocanu et al. 2018, SET): ``r_l = (n_in + n_out) / (n_in * n_out)``;
 * ERK (Evci et al. 2020, RigL): ``r_l = sum(shape) / prod(shape)`` including the kernel
   dimensions, optionally raised to ``power_scale``.
+
+A weight that packs several equal matrices (an attention layer's Q/K/V projection of shape
+``(3E, E)``) is given as a :class:`BlockShape`; ER and ERK score one of its blocks, so a packed
+projection gets the density three separate ``(E, E)`` projections would.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .registry import Registry
 
 __all__ = [
     "DISTRIBUTIONS",
+    "BlockShape",
     "Distribution",
     "allocate",
     "custom",
@@ -41,6 +46,43 @@ __all__ = [
 
 Shape = Sequence[int]
 Distribution = Callable[..., dict[str, float]]
+
+
+class BlockShape(tuple):
+    """A weight shape made of ``blocks`` equal matrices stacked along ``axis``.
+
+    It is the plain shape tuple (it compares, indexes and multiplies like one), plus the
+    packing: ``BlockShape((3 * E, E), blocks=3)`` is MHA's ``in_proj_weight``, Q, K and V
+    stacked along dim 0. The raw scales of ER and ERK are computed on one block,
+    :attr:`block`, while the layer's size stays the whole tensor.
+    """
+
+    def __new__(cls, shape: Shape, blocks: int = 1, axis: int = 0) -> BlockShape:
+        self = super().__new__(cls, tuple(int(s) for s in shape))
+        if not isinstance(blocks, int) or blocks < 1 or not -len(self) <= axis < len(self):
+            raise ConfigError(f"invalid packing of shape {tuple(self)}: blocks={blocks}, axis={axis}")
+        if self[axis] % blocks:
+            raise ConfigError(
+                f"shape {tuple(self)} cannot hold {blocks} equal blocks along dim {axis}"
+            )
+        self.blocks = blocks
+        self.axis = axis % len(self)
+        return self
+
+    @property
+    def block(self) -> tuple[int, ...]:
+        """The shape of one block."""
+        dims = list(self)
+        dims[self.axis] //= self.blocks
+        return tuple(dims)
+
+    def __repr__(self) -> str:
+        return f"BlockShape({tuple(self)}, blocks={self.blocks}, axis={self.axis})"
+
+
+def _block(shape: Shape) -> tuple[int, ...]:
+    """The dims ER/ERK score: one block of a :class:`BlockShape`, else the shape itself."""
+    return shape.block if isinstance(shape, BlockShape) else tuple(int(s) for s in shape)
 
 
 def _numel(shape: Shape) -> int:
@@ -134,7 +176,8 @@ def erdos_renyi(
     convolutions only the channel dimensions count (use ERK to include the kernel).
     """
     raw = {}
-    for n, s in shapes.items():
+    for n, shape in shapes.items():
+        s = _block(shape)
         n_out, n_in = int(s[0]), int(s[1]) if len(s) > 1 else 1
         raw[n] = (n_in + n_out) / (n_in * n_out)
     return _solve(shapes, density, fixed, raw)
@@ -158,7 +201,8 @@ def erdos_renyi_kernel(
         fixed: Layers with a user-chosen density.
         power_scale: Exponent on the raw scale; 0 gives uniform, 1 is RigL's ERK.
     """
-    raw = {n: (sum(int(d) for d in s) / _numel(s)) ** power_scale for n, s in shapes.items()}
+    blocks = {n: _block(s) for n, s in shapes.items()}
+    raw = {n: (sum(b) / _numel(b)) ** power_scale for n, b in blocks.items()}
     return _solve(shapes, density, fixed, raw)
 
 

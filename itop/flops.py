@@ -18,7 +18,14 @@ inference":
 
 The paper neglects normalisation, activations and the loss; here those small dense terms are
 counted separately (:attr:`ModelFlops.other`) so that :attr:`ModelFlops.layers` reproduces the
-paper's numbers exactly and a report can show both.
+paper's numbers exactly and a report can show both. In a transformer the products of two
+activations (attention's ``Q K^T`` and ``A V``) do not shrink with weight sparsity either: they
+are counted in ``other`` as kind ``"attention"``.
+
+Every matrix product and convolution of the forward pass is seen at the dispatcher (with the
+formulas of ``torch.utils.flop_counter``) and charged to the weight it reads, found by storage:
+so functional uses count too, e.g. ``nn.MultiheadAttention``'s packed Q/K/V and output
+projections, Hugging Face ``Conv1D``, and a tied LM head that reads the embedding matrix.
 
 Typical use::
 
@@ -42,9 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from .errors import CheckpointError, ConfigError
-from .targets import unwrap_model
+from .targets import DEFAULT_RULES, unwrap_model
 
 if TYPE_CHECKING:
     from .sparsifier import Sparsifier
@@ -90,6 +99,7 @@ _ADAPTIVE_POOLS: tuple[type[nn.Module], ...] = (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
 _WEIGHTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+_BIAS_MODULES = ("Conv1D",)  # Hugging Face Conv1D: one bias addition per output element
 
 
 @dataclass
@@ -97,15 +107,17 @@ class ModelFlops:
     """Dense forward FLOPs of one sample, per sparsifiable layer and for everything else.
 
     Attributes:
-        layers: Dense forward FLOPs of every ``nn.Linear`` / ``nn.Conv*d`` (transposed
-            included), keyed by the name of its weight parameter as
-            ``model.named_parameters()`` spells it (e.g. ``"features.0.weight"``), so that
-            it matches :meth:`Sparsifier.layer_stats` names. A multiply-add is 2 FLOPs; a
-            module (or weight) used several times in one forward pass is summed.
+        layers: Dense forward FLOPs of every weight that takes part in a matrix product or
+            convolution (``nn.Linear``, ``nn.Conv*d`` including transposed, MHA projections,
+            HF ``Conv1D``, an embedding read by a tied LM head), keyed by the name of the
+            weight as ``model.named_parameters()`` spells it (e.g. ``"features.0.weight"``),
+            so that it matches :meth:`Sparsifier.layer_stats` names. A multiply-add is 2
+            FLOPs; a weight used several times in one forward pass is summed.
         other: FLOPs of the operations sparsity does not reduce (biases, normalisation,
-            activations, pooling), per sample.
-        other_by_kind: ``other`` broken down into ``"bias"``, ``"norm"``, ``"activation"``
-            and ``"pool"``.
+            activations, pooling, products of two activations), per sample.
+        other_by_kind: ``other`` broken down into ``"bias"``, ``"norm"``, ``"activation"``,
+            ``"pool"`` and ``"attention"`` (matrix products with no weight operand, such as
+            attention's ``Q K^T`` and ``A V``).
         input_shape: The per-sample input shape the model was profiled with.
     """
 
@@ -181,34 +193,85 @@ def _first_tensor(x: Any) -> torch.Tensor | None:
     return None
 
 
-def _weighted_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> float:
-    """Dense FLOPs (2 per multiply-add) of one call of a linear or convolutional module.
+def _attention_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> float:
+    """FLOPs of ``softmax(Q K^T) V`` without the softmax: ``2 L S E_k + 2 L S E_v`` per head."""
+    *batch, length, e_k = query.shape
+    source, e_v = key.shape[-2], value.shape[-1]
+    heads = math.prod(batch)
+    return 2.0 * heads * length * source * (e_k + e_v)
 
-    Every weight entry takes part in one multiply-add per "position": per output position for a
-    linear layer or a convolution, per input position for a transposed convolution (each input
-    element is scattered through the whole kernel). Hence ``2 * weight.numel() * positions``,
-    which equals ``2 * out_elements * (in_channels / groups) * prod(kernel)`` for a convolution
-    and ``2 * in_features * out_features * tokens`` for a linear layer.
+
+class _MatmulCounter(TorchDispatchMode):
+    """Counts every matrix product and convolution at the dispatcher and charges it to the
+    weight it reads.
+
+    Formulas are ``torch.utils.flop_counter``'s (``mm``, ``addmm``, ``bmm``, ``baddbmm``,
+    ``convolution``, ...), plus fused scaled-dot-product attention kernels (whose CPU variant
+    the registry lacks). The weight of an operation is the parameter whose storage holds one of
+    its operands (a transposed or sliced view included); failing that, the weight of the
+    innermost Linear/Conv module running (a weight computed by a parametrization). Products
+    with no weight are the functional ones, e.g. attention's ``Q K^T`` and ``A V``.
     """
-    weight = module.weight
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        x = _first_tensor(inputs)
-        if x is None:
-            return 0.0
-        positions = x.numel() // module.in_channels
-    elif isinstance(module, nn.modules.conv._ConvNd):
-        positions = output.numel() // module.out_channels
-    else:
-        positions = output.numel() // module.out_features
-    return 2.0 * weight.numel() * positions
+
+    def __init__(self, params: dict[int, list[tuple[int, int, str]]], stack: list[str | None]) -> None:
+        super().__init__()
+        self.params = params
+        self.stack = stack
+        self.layers: dict[str, float] = {}
+        self.functional = 0.0
+
+    def _owner(self, args: tuple) -> str | None:
+        for a in args:
+            if not isinstance(a, torch.Tensor) or a.layout is not torch.strided:
+                continue
+            try:
+                ptr = a.untyped_storage().data_ptr()
+            except (RuntimeError, NotImplementedError):
+                continue
+            for start, end, name in self.params.get(ptr, ()):
+                if start <= a.storage_offset() < end:
+                    return name
+        return self.stack[-1] if self.stack else None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        name = getattr(packet, "__name__", "")
+        formula = flop_registry.get(packet)
+        if formula is not None and "backward" not in name:
+            flops = float(formula(*args, **kwargs, out_val=out))
+        elif "scaled_dot_product" in name and "backward" not in name and len(args) >= 3:
+            flops = _attention_flops(args[0], args[1], args[2])
+        else:
+            return out
+        owner = self._owner(args)
+        if owner is None:
+            self.functional += flops
+        else:
+            self.layers[owner] = self.layers.get(owner, 0.0) + flops
+        return out
+
+
+def _weighted_leaf(module: nn.Module) -> bool:
+    """A layer whose only product is with its own ``weight`` (Linear, Conv, HF Conv1D), a
+    parametrized one (``torch.nn.utils.parametrize``) included."""
+    if any(name != "parametrizations" for name, _ in module.named_children()):
+        return False
+    for cls in type(module).__mro__:
+        if DEFAULT_RULES.get(f"{cls.__module__}.{cls.__qualname__}") == ("weight",):
+            return True
+    return False
 
 
 def _other_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> tuple[str, float]:
     """(kind, FLOPs) of one call of a module sparsity does not reduce; kind "" for none."""
     n = output.numel()
-    if isinstance(module, _WEIGHTED):
+    if isinstance(module, _WEIGHTED) or type(module).__name__ in _BIAS_MODULES:
         bias = getattr(module, "bias", None)
         return ("bias", float(n)) if bias is not None else ("", 0.0)
+    if isinstance(module, nn.MultiheadAttention):
+        return "bias", _mha_bias_flops(module, inputs)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "norm", _BATCHNORM_COST * n
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
@@ -231,6 +294,23 @@ def _other_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> tupl
     return "", 0.0
 
 
+def _mha_bias_flops(module: nn.MultiheadAttention, inputs: tuple) -> float:
+    """Bias additions of one MHA call: Q on the query tokens, K and V on the source tokens,
+    the output projection on the query tokens."""
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    if not tensors:
+        return 0.0
+    e = module.embed_dim
+    query = tensors[0].numel() // e
+    source = tensors[1].numel() // (module.kdim or e) if len(tensors) > 1 else query
+    flops = 0.0
+    if module.in_proj_bias is not None:
+        flops += (query + 2 * source) * e
+    if module.out_proj.bias is not None:
+        flops += query * e
+    return flops
+
+
 def profile_model(
     model: nn.Module,
     input_shape: tuple[int, ...] | list[int],
@@ -240,30 +320,37 @@ def profile_model(
 ) -> ModelFlops:
     """Count the dense forward FLOPs of one sample, layer by layer.
 
-    Runs one forward pass on a zero batch of shape ``(1, *input_shape)`` in evaluation mode
-    under ``torch.no_grad()``, with forward hooks on every module; the hooks are removed and
-    each module's training mode restored afterwards, even if the pass fails. Wrappers
+    Runs one forward pass on a zero batch of shape ``(1, *input_shape)`` in evaluation mode,
+    with forward hooks on every module and a dispatch mode that sees every matrix product;
+    the hooks are removed and each module's training mode restored afterwards, even if the
+    pass fails. Gradients are enabled during the pass (no backward runs) so that fused
+    inference kernels, which would hide the products, are not taken. Wrappers
     (``DistributedDataParallel``, ``DataParallel``, ``torch.compile``) are stripped first so
     that names match the sparsifier's.
 
-    Counted as sparsifiable layers (Evci et al., 2020, appendix on FLOPs; a multiply-add is 2
-    FLOPs): every ``nn.Linear`` (``2 * in * out`` per token) and ``nn.Conv1d/2d/3d`` including
-    transposed and grouped convolutions (``2 * out_elements * in_channels/groups *
-    prod(kernel)``; for a transposed convolution the same count over input positions).
+    Counted per weight (Evci et al., 2020, appendix on FLOPs; a multiply-add is 2 FLOPs):
+    every matrix product and convolution that reads a parameter, with the formulas of
+    ``torch.utils.flop_counter``: ``nn.Linear`` (``2 * in * out`` per token), ``nn.Conv*d``
+    including transposed and grouped convolutions (``2 * out_elements * in_channels/groups *
+    prod(kernel)``; for a transposed convolution the same count over input positions),
+    ``nn.MultiheadAttention``'s Q/K/V and output projections, Hugging Face ``Conv1D``, and any
+    parameter used functionally (``x @ self.weight``, a tied LM head reading the embedding).
 
     Counted in :attr:`ModelFlops.other` (dense whatever the sparsity; per output element
     unless noted): bias additions of those layers (1); batch normalisation (2, a folded scale
     and shift); layer/group/instance normalisation (5 for the statistics and normalisation,
     +2 when affine); element-wise activation modules (1; softmax-like 3); max/average pooling
-    (kernel size); adaptive pooling (1 per input element). Operations called as functions
-    rather than modules (``F.relu``, residual additions, the loss) are not seen and not
-    counted, nor are modules that are never called through ``forward`` (e.g. the output
-    projection inside ``nn.MultiheadAttention``).
+    (kernel size); adaptive pooling (1 per input element); products of two activations
+    (``"attention"``: ``Q K^T`` and ``A V``, as ``bmm``/``matmul`` or fused scaled-dot-product
+    attention, ``2 L S E`` each). Element-wise operations called as functions rather than
+    modules (``F.relu``, residual additions, the softmax inside attention, the loss) are not
+    counted.
 
     Args:
         model: The network, possibly wrapped.
         input_shape: Shape of one input sample without the batch dimension, e.g.
-            ``(3, 32, 32)``.
+            ``(3, 32, 32)``, or ``(block_size,)`` for a language model (with
+            ``dtype=torch.long``: the zero input is token 0).
         dtype: Dtype of the zero input; defaults to that of the first floating-point
             parameter (else ``torch.get_default_dtype()``).
         device: Device of the zero input; defaults to that of the first parameter.
@@ -289,29 +376,44 @@ def profile_model(
         device = params[0].device if params else torch.device("cpu")
 
     param_names: dict[int, str] = {id(p): name for name, p in net.named_parameters()}
-    layers: dict[str, float] = {}
+    storages: dict[int, list[tuple[int, int, str]]] = {}
+    for name, p in net.named_parameters():
+        if p.dim() >= 2 and p.layout is torch.strided:
+            ptr = p.untyped_storage().data_ptr()
+            storages.setdefault(ptr, []).append((p.storage_offset(), p.storage_offset() + p.numel(), name))
     other_by_kind: dict[str, float] = {}
+    stack: list[str | None] = []
 
-    def hook(module: nn.Module, module_name: str):
-        def fn(mod: nn.Module, inputs: tuple, output: Any) -> None:
-            out = _first_tensor(output)
-            if out is None:
-                return
-            if isinstance(mod, _WEIGHTED) and isinstance(mod.weight, torch.Tensor):
-                prefix = f"{module_name}." if module_name else ""
-                key = param_names.get(id(mod.weight), f"{prefix}weight")
-                layers[key] = layers.get(key, 0.0) + _weighted_flops(mod, inputs, out)
-            kind, flops = _other_flops(mod, inputs, out)
-            if kind:
-                other_by_kind[kind] = other_by_kind.get(kind, 0.0) + flops
+    def enter(module: nn.Module, module_name: str):
+        key = None
+        if _weighted_leaf(module):
+            weight = getattr(module, "weight", None)
+            key = param_names.get(id(weight), f"{module_name}.weight" if module_name else "weight")
+
+        def fn(mod: nn.Module, inputs: tuple) -> None:
+            stack.append(key)
 
         return fn
 
+    def leave(mod: nn.Module, inputs: tuple, output: Any) -> None:
+        if stack:
+            stack.pop()
+        out = _first_tensor(output)
+        if out is None:
+            return
+        kind, flops = _other_flops(mod, inputs, out)
+        if kind:
+            other_by_kind[kind] = other_by_kind.get(kind, 0.0) + flops
+
     modes = {m: m.training for m in net.modules()}
-    handles = [m.register_forward_hook(hook(m, name)) for name, m in net.named_modules()]
+    handles = []
+    for name, m in net.named_modules():
+        handles.append(m.register_forward_pre_hook(enter(m, name)))
+        handles.append(m.register_forward_hook(leave))
+    counter = _MatmulCounter(storages, stack)
     try:
         net.eval()
-        with torch.no_grad():
+        with torch.enable_grad(), counter:
             net(torch.zeros((1, *shape), dtype=dtype, device=device))
     finally:
         for h in handles:
@@ -319,8 +421,12 @@ def profile_model(
         for m, training in modes.items():
             m.training = training
 
+    layers = counter.layers
+    if counter.functional:
+        other_by_kind["attention"] = other_by_kind.get("attention", 0.0) + counter.functional
     for name, m in net.named_modules():
-        if isinstance(m, _WEIGHTED) and param_names.get(id(m.weight)) not in layers:
+        weight = getattr(m, "weight", None)
+        if _weighted_leaf(m) and param_names.get(id(weight), f"{name}.weight") not in layers:
             logger.debug("flops: layer '%s' was not called in the forward pass", name)
     return ModelFlops(
         layers=layers,

@@ -76,6 +76,8 @@ class SparseConfig:
         keep_last_dense: Keep the last sparsifiable layer dense.
         layer_sparsity: Name pattern -> fixed sparsity of the matching layers.
         exclude: Name patterns of weights not sparsified at all.
+        include: Name patterns of further parameters to sparsify beyond the default layer
+            types (embeddings, positional tables, custom layers; ``TargetSelector.patterns``).
         reliable_steps: Threshold of the reliable R_s (default: ``update_interval``).
         seed: Seed of the engine's random streams (``None``: from torch's global RNG).
         initial_sparsity: Gradual magnitude pruning (GMP): start at this sparsity and prune
@@ -112,6 +114,7 @@ class SparseConfig:
     keep_last_dense: bool = field(default=False, metadata=_LAYOUT)
     layer_sparsity: dict[str, float] = field(default_factory=dict, metadata=_LAYOUT)
     exclude: list[str] = field(default_factory=list, metadata=_LAYOUT)
+    include: list[str] = field(default_factory=list, metadata=_LAYOUT)
     reliable_steps: int | None = field(default=None, metadata={
         "midrun": "the reliable R_s counted so far used the old threshold, and a mix of two measures neither"})
     seed: int | None = None
@@ -246,6 +249,7 @@ def from_config(
     batches: Iterable | None = None,
     input_shape: Sequence[int] | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
+    targets: TargetSelector | None = None,
 ) -> Sparsifier:
     """Build a :class:`Sparsifier` from a :class:`SparseConfig`.
 
@@ -257,6 +261,9 @@ def from_config(
         batches: Training batches, for pruning at initialisation with SNIP or GraSP.
         input_shape: Input shape without the batch dimension, for SynFlow.
         masks: Explicit initial masks (overrides the distribution and ``init_pruning``).
+        targets: Which weights to sparsify (e.g. ``TargetSelector(patterns=("*.wte.weight",))``);
+            the config's ``include``, ``exclude``, ``keep_first_dense``, ``keep_last_dense``
+            and ``layer_sparsity`` are added to it.
     """
     if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
         raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -277,11 +284,15 @@ def from_config(
     distribution = get_distribution(config.distribution)
     if distribution is erdos_renyi_kernel and config.erk_power_scale != 1.0:
         distribution = functools.partial(erdos_renyi_kernel, power_scale=config.erk_power_scale)
-    selector = TargetSelector(
-        exclude=tuple(config.exclude),
-        keep_first_dense=config.keep_first_dense,
-        keep_last_dense=config.keep_last_dense,
-        layer_density={p: 1.0 - float(s) for p, s in config.layer_sparsity.items()},
+    base = targets if targets is not None else TargetSelector()
+    selector = dataclasses.replace(
+        base,
+        patterns=tuple(base.patterns) + tuple(config.include),
+        exclude=tuple(base.exclude) + tuple(config.exclude),
+        keep_first_dense=base.keep_first_dense or config.keep_first_dense,
+        keep_last_dense=base.keep_last_dense or config.keep_last_dense,
+        layer_density={**base.layer_density,
+                       **{p: 1.0 - float(s) for p, s in config.layer_sparsity.items()}},
     )
     sparsity_schedule = None
     if config.initial_sparsity is not None:
@@ -332,6 +343,7 @@ def build(
     total_steps: int | None = None,
     batches: Iterable | None = None,
     input_shape: Sequence[int] | None = None,
+    targets: TargetSelector | None = None,
     **overrides: Any,
 ) -> Sparsifier:
     """Build a sparsifier by method name.
@@ -349,10 +361,12 @@ def build(
             ``update_end < 1``.
         batches: Training batches, for SNIP and GraSP.
         input_shape: Input shape without the batch dimension, for SynFlow.
+        targets: Which weights to sparsify (default: Linear, Conv, attention projections);
+            e.g. ``TargetSelector(patterns=("*.wte.weight",))`` to sparsify an embedding too.
         **overrides: Any :class:`SparseConfig` field.
     """
     return from_config(resolve_config(method, **overrides), model, optimizer, total_steps,
-                       batches=batches, input_shape=input_shape)
+                       batches=batches, input_shape=input_shape, targets=targets)
 
 
 _PAPER = dict(distribution="erk", prune="magnitude", grow_init="zero")

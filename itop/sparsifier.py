@@ -284,6 +284,8 @@ class Sparsifier:
             len(self._layers), self.actual_sparsity(), self.num_active(), self.num_weights(),
             self.itop_rate(),
         )
+        if log.isEnabledFor(logging.INFO):
+            log.info("which weights are sparse:\n%s", self.describe())
 
     # -- construction --------------------------------------------------------------------------
 
@@ -665,6 +667,42 @@ class Sparsifier:
             self._hook = None
         self._closed = True
         return self.model
+
+    def describe(self) -> str:
+        """A table of which weights are sparse and which are left dense, and why.
+
+        One row per sparsified weight (kind, shape, active of total, density, R_s), then every
+        matrix left dense (embeddings, tied weights, excluded layers, unsupported layer types)
+        with its reason, and the count of one-dimensional parameters (biases, norm scales),
+        which are always dense. The sparsifier logs it at construction, so nothing is silently
+        left dense.
+        """
+        selection = self.selector.plan(self.model)
+        kinds = {t.name: t.kind for t in selection.targets}
+        rows = [("weight", "kind", "shape", "active", "density", "R_s")]
+        for s in self.layer_stats():
+            rows.append((
+                s.name, kinds.get(s.name, ""), "x".join(map(str, s.shape)),
+                f"{s.active}/{s.numel}", f"{s.density:.4f}", f"{s.itop_rate:.4f}",
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.append(
+            f"sparse: {len(self._layers)} weights, {self.num_active()}/{self.num_weights()} active "
+            f"(sparsity {self.actual_sparsity():.4f})"
+        )
+        if selection.dense:
+            lines.append(f"left dense ({len(selection.dense)}):")
+            width = max(len(d.name) for d in selection.dense)
+            for d in selection.dense:
+                shape = "x".join(map(str, d.shape))
+                lines.append(f"  {d.name.ljust(width)}  {d.kind} {shape}: {d.reason}")
+        if selection.vectors:
+            lines.append(
+                f"left dense: {selection.vectors} one-dimensional parameters (biases, norm "
+                f"scales; {selection.vector_numel} values)"
+            )
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return (

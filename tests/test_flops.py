@@ -282,3 +282,91 @@ def test_sparsifier_integration_and_summary():
     json.dumps(summary)
     no_training = summarize(p, dens)
     assert no_training["training_flops"] is None and no_training["training_flops_relative"] is None
+
+
+# -- transformers: attention projections, functional matmuls, tied heads ------------------------
+
+
+def test_mha_projections_and_attention_products():
+    e, heads, length = 32, 4, 7
+    mha = nn.MultiheadAttention(e, heads, batch_first=True)
+
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x):  # need_weights=True: the bmm path of nn.MultiheadAttention
+            return self.mha(x, x, x)[0]
+
+    model = SelfAttention()
+    p = profile_model(model, (length, e))
+    assert p.layers == {
+        "mha.in_proj_weight": 2 * length * e * 3 * e,
+        "mha.out_proj.weight": 2 * length * e * e,
+    }
+    assert p.other_by_kind["attention"] == 2 * 2 * length * length * e  # Q K^T and A V
+    assert p.other_by_kind["bias"] == 3 * length * e + length * e
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, length, e))
+    assert sum(p.layers.values()) + p.other_by_kind["attention"] == counter.get_total_flops()
+
+
+def test_fused_attention_kernels_are_counted():
+    from itop.models import build_model
+
+    model = build_model("vit-tiny", in_channels=1, num_classes=10, image_size=28)
+    p = profile_model(model, (1, 28, 28))
+    tokens, e, depth = 50, 64, 4
+    assert p.layers["blocks.0.self_attn.in_proj_weight"] == 2 * tokens * e * 3 * e
+    assert p.layers["blocks.3.linear1.weight"] == 2 * tokens * e * 2 * e
+    assert p.layers["patch_embed.weight"] == 2 * 49 * 16 * e
+    assert p.layers["head.weight"] == 2 * e * 10
+    assert p.other_by_kind["attention"] == depth * 4 * tokens * tokens * e
+    assert len(p.layers) == 2 + 4 * depth
+
+
+def test_tied_head_is_charged_to_the_embedding_matrix():
+    from itop.models import build_model
+
+    model = build_model("gpt-mini", vocab_size=30, block_size=8, n_layer=1, n_embd=16, n_head=2,
+                        tie_weights=True)
+    p = profile_model(model, (8,), dtype=torch.long)
+    assert p.layers["tok_embed.weight"] == 2 * 8 * 16 * 30
+    assert "head.weight" not in p.layers and "pos_embed.weight" not in p.layers
+    dense = p.forward({})
+    half = p.forward({"tok_embed.weight": 0.5})
+    assert dense - half == pytest.approx(8 * 16 * 30)
+
+
+def test_functional_weight_and_parametrized_weight():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(5, 3))
+            self.fc = nn.utils.parametrizations.weight_norm(nn.Linear(5, 4))
+
+        def forward(self, x):
+            return self.fc(x @ self.w.t())
+
+    p = profile_model(Functional(), (3,))
+    # x @ w.T reads the parameter; the weight-normed Linear computes its weight, which is
+    # charged to the module's (computed) weight by the innermost-module fallback.
+    assert p.layers["w"] == 2 * 3 * 5
+    assert p.layers["fc.weight"] == 2 * 5 * 4
+    assert "attention" not in p.other_by_kind
+
+
+def test_hf_gpt2_conv1d_and_tied_head():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=40, n_positions=8)
+    model = transformers.GPT2LMHeadModel(config)
+    p = profile_model(model, (8,), dtype=torch.long)
+    t, e, v = 8, 16, 40
+    assert p.layers["transformer.h.0.attn.c_attn.weight"] == 2 * t * e * 3 * e
+    assert p.layers["transformer.h.1.mlp.c_fc.weight"] == 2 * t * e * 4 * e
+    assert p.layers["transformer.wte.weight"] == 2 * t * e * v  # the tied LM head
+    assert p.other_by_kind["attention"] == 2 * 4 * t * t * e
+    sp = Sparsifier(model, sparsity=0.9, seed=0)
+    assert set(densities_of(sp)) <= set(p.layers)
+    assert p.forward(sp) < p.dense_forward

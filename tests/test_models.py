@@ -29,7 +29,10 @@ FORWARD_CASES = {
     "resnet-18": [(3, 32, 10)],
     "resnet-34": [(3, 32, 100)],
     "resnet-50": [(3, 64, 10)],
+    "vit-tiny": [(1, 28, 10), (3, 8, 5)],
 }
+# Language models: (vocab_size, block_size) of their forward test (tests/test_transformers.py).
+TEXT_FORWARD_CASES = {"gpt-mini": [(65, 16)]}
 
 
 def n_params(model: nn.Module) -> int:
@@ -126,7 +129,7 @@ def test_list_models_is_sorted_and_complete() -> None:
 def test_every_registered_model_has_a_forward_test() -> None:
     for spec in model_specs():
         if spec.pattern is None:
-            assert spec.name in FORWARD_CASES, f"add {spec.name} to FORWARD_CASES"
+            assert spec.name in {**FORWARD_CASES, **TEXT_FORWARD_CASES}, f"add {spec.name} to FORWARD_CASES"
         else:
             assert any(spec.pattern.fullmatch(n) for n in FORWARD_CASES), spec.name
 

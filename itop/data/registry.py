@@ -169,6 +169,11 @@ def resolve_data_dir(name: str, data_dir: str | Path | None = None) -> Path | No
     raise _not_found(spec, roots)
 
 
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ConfigError now if ``load_dataset(name, **options)`` would reject an option."""
+    _check_options(get_dataset_spec(name), options)
+
+
 def _check_options(spec: DatasetSpec, options: dict[str, Any]) -> None:
     params = list(inspect.signature(spec.builder).parameters.values())[1:]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):

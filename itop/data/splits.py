@@ -28,9 +28,12 @@ class DatasetSplits:
         train: Training set (its loaders apply the dataset's augmentation).
         val: Validation set carved from the official training set, or ``None``.
         test: Official test set (ImageNet: the validation folder).
-        num_classes, in_channels, image_size: Model input/output geometry.
+        num_classes, in_channels, image_size: Model input/output geometry (``in_channels``
+            and ``image_size`` are 0 for a dataset that is not of images).
         mean, std: Per-channel normalisation applied to every batch.
-        classes: Class names, if known.
+        classes: Class names, if known (a text dataset: its vocabulary).
+        vocab_size, block_size: For a text dataset, the number of tokens and the context
+            length; 0 otherwise.
     """
 
     name: str
@@ -38,11 +41,22 @@ class DatasetSplits:
     val: Dataset | None
     test: Dataset
     num_classes: int
-    in_channels: int
-    image_size: int
+    in_channels: int = 0
+    image_size: int = 0
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     classes: tuple[str, ...] | None = None
+    vocab_size: int = 0
+    block_size: int = 0
+
+    def model_shape(self) -> dict[str, int]:
+        """The shape arguments a model factory may take from this dataset
+        (``build_model(name, **splits.model_shape())``): ``num_classes`` and, where set,
+        ``in_channels``/``image_size`` (images) or ``vocab_size``/``block_size`` (text)."""
+        values = {"num_classes": self.num_classes, "in_channels": self.in_channels,
+                  "image_size": self.image_size, "vocab_size": self.vocab_size,
+                  "block_size": self.block_size}
+        return {k: int(v) for k, v in values.items() if k == "num_classes" or v}
 
     def __repr__(self) -> str:
         val = len(self.val) if self.val is not None else None

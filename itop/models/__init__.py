@@ -6,13 +6,16 @@ Build a network by name; the dataset supplies the input shape and class count::
     model = build_model("resnet-18", in_channels=3, num_classes=10, image_size=32)
 
 Registered names: ``lenet-300-100``, ``lenet-5-caffe``, ``mlp-cifar``, ``vgg-c``, ``vgg-d``,
-``wrn-<depth>-<width>`` (e.g. ``wrn-28-10``), ``resnet-18``, ``resnet-34``, ``resnet-50``.
-Every model maps ``(N, C, H, W)`` float images to ``(N, num_classes)`` logits, and all of its
-prunable layers are plain ``nn.Linear`` / ``nn.Conv2d`` modules, which is how the sparsity
+``wrn-<depth>-<width>`` (e.g. ``wrn-28-10``), ``resnet-18``, ``resnet-34``, ``resnet-50``,
+``vit-tiny`` (a vision transformer for 28x28 images) and ``gpt-mini`` (a causal language model
+for text datasets). Image models map ``(N, C, H, W)`` float images to ``(N, num_classes)``
+logits; ``gpt-mini`` maps ``(N, T)`` token ids to ``(N, T, vocab_size)`` logits (a factory
+receives only the shape arguments it names). Their prunable layers are ``nn.Linear`` /
+``nn.Conv2d`` modules and ``nn.MultiheadAttention`` projections, which is how the sparsity
 engine finds the weights to mask. New architectures are added with :func:`register_model`.
 """
 
-from itop.models import lenet, mlp, resnet, vgg, wrn  # noqa: F401  (registers the models)
+from itop.models import gpt, lenet, mlp, resnet, vgg, vit, wrn  # noqa: F401  (registers the models)
 from itop.models.registry import (
     ModelSpec,
     build_model,

@@ -1,7 +1,9 @@
 """Name -> factory registry for the networks itop can train.
 
 A model is built by name with :func:`build_model`; the dataset supplies the input shape and
-class count so no architecture hard-codes them. Entries are added with the
+class count (image datasets) or the vocabulary size and context length (text datasets) so no
+architecture hard-codes them. A factory receives only the shape arguments its signature names
+(see :data:`SHAPE_ARGS`), so image and text models share one registry. Entries are added with the
 :func:`register_model` decorator, either under a fixed name (``"resnet-18"``) or as a
 pattern whose integer fields become factory keyword arguments (``"wrn-<depth>-<width>"``).
 """
@@ -25,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 ModelFactory = Callable[..., nn.Module]
 
-#: Arguments every factory receives from :func:`build_model`.
-_SHAPE_ARGS = ("in_channels", "num_classes", "image_size")
+#: Shape arguments a dataset can supply (``DatasetSplits.model_shape()``); a factory receives
+#: those its signature names (all of them when it takes ``**kwargs``).
+SHAPE_ARGS = ("in_channels", "num_classes", "image_size", "vocab_size", "block_size")
+_SHAPE_ARGS = SHAPE_ARGS
+_IMAGE_ARGS = ("in_channels", "image_size")
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,11 @@ class ModelSpec:
     Attributes:
         name: The registered name, e.g. ``"resnet-18"``; for a pattern entry a readable
             template such as ``"wrn-<depth>-<width>"``.
-        factory: Called as ``factory(*, in_channels, num_classes, image_size, **kwargs)``;
-            returns an ``nn.Module`` mapping ``(N, C, H, W)`` images to ``(N, classes)`` logits.
+        factory: Called with the shape arguments it names (image models:
+            ``factory(*, in_channels, num_classes, image_size, **kwargs)``, mapping
+            ``(N, C, H, W)`` images to ``(N, classes)`` logits; language models:
+            ``factory(*, vocab_size, block_size, **kwargs)``, mapping ``(N, T)`` token ids to
+            ``(N, T, vocab_size)`` logits).
         description: One line shown by ``itop list``.
         pattern: For a pattern entry, the regular expression a requested name must fully
             match; its named groups are passed to ``factory`` as ``int`` keyword arguments.
@@ -155,6 +163,12 @@ def _pattern_kwargs(spec: ModelSpec, name: str) -> dict[str, int]:
     return {key: int(value) for key, value in match.groupdict().items() if value is not None}
 
 
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ConfigError now if ``build_model(name, ..., **options)`` would reject an option."""
+    spec, fixed_kwargs = _resolve(name)
+    _check_options(spec, name, options, set(fixed_kwargs))
+
+
 def get_model_spec(name: str) -> ModelSpec:
     """Return the registry entry that ``name`` resolves to (pattern names included).
 
@@ -183,10 +197,48 @@ def _check_options(spec: ModelSpec, name: str, kwargs: dict[str, Any], fixed: se
             raise ConfigError(f"model '{name}' has no option '{key}'; accepted options: {known}")
 
 
+def _shape_for(spec: ModelSpec, name: str, given: dict[str, int]) -> dict[str, int]:
+    """The shape arguments ``spec.factory`` names, taken from ``given``.
+
+    Raises:
+        ConfigError: The factory needs a shape argument the dataset did not provide (e.g. a
+            language model on an image dataset).
+    """
+    try:
+        params = inspect.signature(spec.factory).parameters
+    except (TypeError, ValueError):  # builtins or C callables: pass everything
+        return dict(given)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(given)
+    wanted = [k for k in SHAPE_ARGS if k in params]
+    missing = [k for k in wanted if k not in given and params[k].default is inspect.Parameter.empty]
+    if missing:
+        if "vocab_size" in missing or "block_size" in missing:
+            fix = "it is a language model: train it on a text dataset (e.g. --dataset text --data-file FILE)"
+        elif any(k in missing for k in _IMAGE_ARGS):
+            fix = "it is an image model: train it on an image dataset"
+        else:
+            fix = "pass them to build_model"
+        raise ConfigError(
+            f"model '{name}' needs {', '.join(missing)}, which the dataset does not provide; {fix}"
+        )
+    return {k: given[k] for k in wanted if k in given}
+
+
 def build_model(
-    name: str, *, in_channels: int, num_classes: int, image_size: int, **kwargs: Any
+    name: str,
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    vocab_size: int | None = None,
+    block_size: int | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model for a dataset's input shape and class count.
+    """Build a registered model for a dataset's shape.
+
+    The shape arguments come from the dataset (``build_model(name,
+    **splits.model_shape(), **options)``); the factory receives those its signature names.
 
     Args:
         name: A registered name (see :func:`list_models`), e.g. ``"resnet-18"`` or
@@ -194,23 +246,26 @@ def build_model(
         in_channels: Channels of the input images (1 for MNIST, 3 for CIFAR).
         num_classes: Number of output logits.
         image_size: Side length of the (square) input images.
+        vocab_size: Number of tokens of a text dataset.
+        block_size: Context length (tokens per sequence) of a text dataset.
         **kwargs: Model-specific options, e.g. ``dropout`` for WRNs or
             ``zero_init_residual`` for ResNets.
 
     Returns:
-        A freshly initialised ``nn.Module`` (on the CPU, in training mode) mapping
-        ``(N, in_channels, image_size, image_size)`` float tensors to ``(N, num_classes)``.
+        A freshly initialised ``nn.Module`` (on the CPU, in training mode); an image model
+        maps ``(N, in_channels, image_size, image_size)`` float tensors to
+        ``(N, num_classes)``, a language model ``(N, T)`` token ids to ``(N, T, vocab_size)``.
 
     Raises:
         ConfigError: For an unknown name (with a "did you mean" hint), non-positive sizes,
-            an image too small for the architecture, or an unknown/invalid option.
+            a shape argument the model needs but was not given, an image too small for the
+            architecture, or an unknown/invalid option.
     """
     spec, fixed_kwargs = _resolve(name)
-    shape = {
-        "in_channels": check_int(in_channels, "in_channels"),
-        "num_classes": check_int(num_classes, "num_classes"),
-        "image_size": check_int(image_size, "image_size"),
-    }
+    values = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size,
+              "vocab_size": vocab_size, "block_size": block_size}
+    given = {k: check_int(v, k) for k, v in values.items() if v is not None}
+    shape = _shape_for(spec, name, given)
     _check_options(spec, name, kwargs, set(fixed_kwargs))
     model = spec.factory(**shape, **fixed_kwargs, **kwargs)
     if not isinstance(model, nn.Module):

@@ -262,13 +262,13 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check values; raise :class:`ConfigError` naming the key and the fix."""
-        from ..data import get_dataset_spec
-        from ..models import get_model_spec
+        from ..data.registry import check_dataset_options
+        from ..models.registry import check_model_options
         from .factories import AMP_MODES, LR_SCHEDULES, OPTIMIZERS, PROGRESS_MODES
 
         get_method(self.method)
-        get_dataset_spec(self.dataset)
-        get_model_spec(self.model)
+        check_dataset_options(self.dataset, self.data_args)
+        check_model_options(self.model, self.model_args)
         check_sparsity(self.sparsity)
         for k, spec in KEYS.items():  # nan and inf pass range checks written as comparisons
             v = self.get(k)

@@ -32,11 +32,13 @@ __all__ = [
     "PROGRESS_MODES",
     "AmpMode",
     "lr_lambda",
+    "make_amp",
     "make_data",
     "make_model",
     "make_optimizer",
     "make_sparsifier",
     "resolve_device",
+    "wrap_model",
 ]
 
 # -- optimizers --------------------------------------------------------------------------------
@@ -161,6 +163,22 @@ def make_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
     """The config's model for the dataset's input shape and class count."""
     return build_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes,
                        image_size=data.image_size, **cfg.model_args)
+
+
+def wrap_model(cfg: RunConfig, model: nn.Module, device: torch.device) -> nn.Module:
+    """The network the loop calls: DDP (under torchrun) and/or compiled, around ``model``'s
+    parameters (the sparsifier, checkpoints and evaluation use ``model`` itself)."""
+    net = model
+    if distributed.is_distributed():
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if cfg.compile else net
+
+
+def make_amp(cfg: RunConfig, device: torch.device) -> tuple[Callable[[], Any] | None, Any]:
+    """``(autocast context factory or None, GradScaler or None)`` for the config's ``amp``."""
+    amp = AMP_MODES.lookup(cfg.amp)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp.dtype)) if amp.dtype else None
+    return autocast, torch.amp.GradScaler(device.type) if amp.scaler else None
 
 
 def make_sparsifier(cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer | None,

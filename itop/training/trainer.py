@@ -64,14 +64,15 @@ from .checkpoint import (
 )
 from .config import KEYS, RunConfig, dump_config, resume_changes
 from .factories import (
-    AMP_MODES,
     input_shape,
     lr_lambda,
+    make_amp,
     make_data,
     make_model,
     make_optimizer,
     make_sparsifier,
     resolve_device,
+    wrap_model,
 )
 from .loop import train
 from .metrics import MetricsLog, make_summary, write_summary
@@ -173,16 +174,8 @@ class Trainer:
             cfg, self.model, self.optimizer, self.total_steps, shape,
             batches=self._init_batches(), masks=masks, config=self.sparse_config,
         )
-        # The network the loop calls: DDP and/or compiled around the same parameters.
-        self.net: nn.Module = self.model
-        if distributed.is_distributed():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:
-            self.net = torch.compile(self.net)
-        amp = AMP_MODES.lookup(cfg.amp)
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp.dtype)) if amp.dtype else None
-        self.scaler = torch.amp.GradScaler(self.device.type) if amp.scaler else None
+        self.net: nn.Module = wrap_model(cfg, self.model, self.device)  # what the loop calls
+        self.autocast, self.scaler = make_amp(cfg, self.device)
         # IMP rewinding: the weights at ``capture_step`` (0 = initialisation) are kept.
         self.capture_step = capture_step
         self.captured: dict[str, torch.Tensor] | None = None

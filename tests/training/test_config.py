@@ -3,7 +3,14 @@ import logging
 import pytest
 
 from itop.errors import ConfigError
-from itop.training.config import KEYS, SETTING, RunConfig, load_config, parse_overrides, resume_changes
+from itop.training.config import (
+    KEYS,
+    SETTING,
+    RunConfig,
+    load_config,
+    parse_overrides,
+    resume_changes,
+)
 
 
 def test_overrides_parse_yaml_scalars_and_dashes():
@@ -230,3 +237,12 @@ def test_resume_changes_compares_resolved_values():
     # Keys the checkpoint does not know (added later) are not compared.
     assert resume_changes({k: v for k, v in saved.resolved().items() if k != "lr"}, changed)[1] == {
         "distribution": ("erk", "uniform")}
+
+
+def test_model_and_data_options_are_checked_before_training():
+    c = load_config(None, {"model": "wrn-16-2", "model_args": {"dropout": 0.3}})
+    assert c.model_args == {"dropout": 0.3}
+    with pytest.raises(ConfigError, match="has no option 'dropuot'"):
+        load_config(None, {"model": "wrn-16-2", "model_args": {"dropuot": 0.3}})
+    with pytest.raises(ConfigError, match="unknown option"):
+        load_config(None, {"data_args": {"crop_size": 3}})

@@ -12,7 +12,8 @@ import yaml
 from itop.cli import main as cli_main
 from itop.errors import ConfigError
 from itop.training.config import NEVER, RunConfig
-from itop.training.sweep import SCALES, _stop, expand, plan_sweep, run_sweep
+from itop.training.sweep import SCALES, expand, plan_sweep, run_sweep
+from itop.training.sweep.run import _stop
 
 STUDIES = Path(__file__).resolve().parents[2] / "configs" / "studies"
 
