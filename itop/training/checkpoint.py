@@ -287,7 +287,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if path.is_dir():
         inside = [p for p in (path / "best.pt", *find_checkpoints(path / "checkpoints")[-1:],
                               *find_checkpoints(path)[-1:]) if p.is_file()]
-        hint = f" (e.g. {inside[-1]})" if inside else ""
+        hint = f" (e.g. {' or '.join(str(p) for p in inside[:2])})" if inside else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass a checkpoint file{hint}")
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path, or {fix}")

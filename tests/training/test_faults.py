@@ -369,3 +369,36 @@ def test_a_nan_before_any_checkpoint_says_to_start_over(tmp_path, capsys):
     assert rc == 2 and "no checkpoint was written yet" in line and "--resume restart" in line
     rc, out, err = train(capsys, tmp_path, "early", "--resume", "restart")
     assert rc == 0, err
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_stops_its_runs_with_checkpoints(tmp_path):
+    """SLURM signals the sweep; the sweep passes SIGTERM on; each run checkpoints its current step."""
+    import yaml
+
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "base": {"dataset": "digits", "epochs": 30, "batch_size": 16, "sparsity": 0.9, "update_interval": 3,
+                 "method": "rigl", "tensorboard": False},
+        "grid": {"seed": [0]},
+        "scales": {"smoke": {}},
+    }))
+    proc = itop_process("sweep", "-c", str(sweep), "--scale", "smoke", "--out-dir", str(tmp_path / "out"),
+                        "--threads", "1")
+    deadline = time.monotonic() + 300
+    found = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        found = [m for m in (tmp_path / "out").rglob("metrics.jsonl") if m.read_text().count('"update"') >= 3]
+        if found:
+            break
+        time.sleep(0.05)
+    assert found, "the sweep's run never started training"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "sweep interrupted" in err
+    run = found[0].parent
+    log = (run / "sweep.log").read_text()
+    assert "itop: interrupted by SIGTERM at step " in log and "(exit status 143)" in log
+    step = int(log.split("itop: interrupted by SIGTERM at step ")[1].split(";")[0])
+    assert (run / "checkpoints" / f"ckpt-step{step:09d}.pt").is_file()
