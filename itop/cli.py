@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             summary = run_training(cfg, on_step=_progress_bar(sys.stderr) if _use_bar(cfg.progress) else None)
     except Interrupted as e:
         where = (f"at step {e.step}; checkpoint {e.checkpoint} holds it" if e.checkpoint
-                 else f"before a checkpoint was written; results so far are under {run_dir}")
+                 else f"outside training (while setting up or between rounds); results so far are under {run_dir}")
         say(f"itop: interrupted by {e.signal_name} {where}: continue with the same command plus "
             f"--resume auto (exit status {e.exit_code})", sys.stderr)
         return e.exit_code

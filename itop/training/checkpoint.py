@@ -29,7 +29,8 @@ import pickle
 import random
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ _TEMPORARY = re.compile(r"^\..+\.pt\.[A-Za-z0-9_]+\.tmp$")
 #: The digest of checkpoint entries (hashlib name). SHA-NI makes it about as fast as CRC32.
 CHECKSUM_ALGORITHM = "sha256"
 _CHECKSUM_KEY = "checksum"
+_PARALLEL_BYTES = 1 << 20  # tensors at least this big are hashed on worker threads
+_MAX_WORKERS = 8
 
 # What a caller's error says to do when it has no better advice.
 _DEFAULT_FIX = "pass another checkpoint"
@@ -86,21 +89,39 @@ def _tensor_bytes(t: torch.Tensor) -> Any:
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
-def _feed(h: Any, value: Any) -> None:
-    """Hash ``value`` canonically: type tags, lengths and contents, in container order."""
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a nested value, in the order :func:`_feed` meets them."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _tensors(k)
+            yield from _tensors(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def _tensor_digest(t: torch.Tensor, algorithm: str) -> bytes:
+    return b"" if t.device.type == "meta" else hashlib.new(algorithm, _tensor_bytes(t)).digest()
+
+
+def _feed(h: Any, value: Any, algorithm: str, known: Mapping[int, bytes]) -> None:
+    """Hash ``value`` canonically: type tags, lengths and contents in container order; a tensor
+    contributes its dtype, shape and the digest of its bytes (from ``known`` when precomputed)."""
     if isinstance(value, torch.Tensor):
         h.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-        if value.device.type != "meta":
-            h.update(_tensor_bytes(value))
+        digest = known.get(id(value))
+        h.update(digest if digest is not None else _tensor_digest(value, algorithm))
     elif isinstance(value, Mapping):
         h.update(f"D{len(value)}".encode())
         for k, v in value.items():
-            _feed(h, k)
-            _feed(h, v)
+            _feed(h, k, algorithm, known)
+            _feed(h, v, algorithm, known)
     elif isinstance(value, (list, tuple)):
         h.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}".encode())
         for v in value:
-            _feed(h, v)
+            _feed(h, v, algorithm, known)
     elif isinstance(value, str):
         data = value.encode("utf-8", "surrogatepass")
         h.update(f"S{len(data)}:".encode())
@@ -112,14 +133,33 @@ def _feed(h: Any, value: Any) -> None:
         h.update(f"V{type(value).__name__}:{value!r};".encode())
 
 
+def _workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(_MAX_WORKERS, cpus))
+
+
 def state_digests(state: Mapping[str, Any], algorithm: str = CHECKSUM_ALGORITHM) -> dict[str, str]:
-    """Hex digest of each top-level entry of a checkpoint (the checksum entry itself excluded)."""
+    """Hex digest of each top-level entry of a checkpoint (the checksum entry itself excluded).
+
+    The bytes of every tensor are read once; tensors of a megabyte or more are hashed on a few
+    threads at once (hashlib releases the GIL), so a big checkpoint costs one pass over its bytes
+    divided among the cores.
+    """
+    entries = {k: v for k, v in state.items() if k != _CHECKSUM_KEY}
+    big = {id(t): t for v in entries.values() for t in _tensors(v)
+           if t.numel() * t.element_size() >= _PARALLEL_BYTES}
+    workers = min(_workers(), len(big))
+    known: dict[int, bytes] = {}
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            known = dict(zip(big, pool.map(lambda t: _tensor_digest(t, algorithm), big.values()), strict=True))
     out = {}
-    for key, value in state.items():
-        if key == _CHECKSUM_KEY:
-            continue
+    for key, value in entries.items():
         h = hashlib.new(algorithm)
-        _feed(h, value)
+        _feed(h, value, algorithm, known)
         out[str(key)] = h.hexdigest()
     return out
 

@@ -415,6 +415,8 @@ class Trainer:
         found = [f.name for f in (self.run_dir / "summary.json", self.run_dir / "best.pt") if f.is_file()]
         if self.metrics_path.is_file() and self.metrics_path.stat().st_size:
             found.append("metrics.jsonl")
+        if find_checkpoints(self.ckpt_dir):
+            found.append("checkpoints/")
         return found
 
     def _start_fresh(self) -> None:
@@ -521,12 +523,12 @@ class Trainer:
             Interrupted: SIGINT or SIGTERM arrived; the run stopped after the step it was in and
                 wrote a checkpoint of it (a second SIGINT stops at once, without one).
         """
-        with self._stop_on_signals():
+        with self._stop_on_signals():  # a signal after the last step changes nothing: the run is done
             self.prepare_run_dir()
             train(self)
             if self._stopping and self.progress.epoch < self.epochs:
                 self._stop()
-        return self.finish()
+            return self.finish()
 
     def _stop(self) -> None:
         """Checkpoint the current step (unless a checkpoint of it exists) and raise Interrupted."""
