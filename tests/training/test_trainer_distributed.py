@@ -108,3 +108,46 @@ def test_two_rank_checkpoint_resumes_on_one_rank(two_rank_runs):
     assert len(t.sparsifier.history) > len(state["sparsifier"]["history"])  # updates continued
     counts = {k: int(m.sum()) for k, m in t.sparsifier.masks().items()}
     assert counts == {k: int(m.sum()) for k, m in killed["masks"].items()}
+
+
+def _signal_worker(rank, world, port, out_dir):
+    """Only rank 1 receives SIGTERM (after its 5th step); every rank must stop at the same step."""
+    import json
+    import signal
+
+    from itop.errors import Interrupted
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+    def on_step(epoch, batch, steps):
+        if rank == 1 and (epoch, batch) == (0, 5):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        t = Trainer(load_config(None, {**BASE, "method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32,
+                                       "update_interval": 5, "out_dir": out_dir, "name": "run"}), on_step=on_step)
+        try:
+            t.fit()
+            result = {"interrupted": False}
+        except Interrupted as e:
+            result = {"interrupted": True, "step": e.step, "checkpoint": e.checkpoint}
+        with open(os.path.join(out_dir, f"signal-rank{rank}.json"), "w") as f:
+            json.dump(result, f)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    import json
+
+    mp.spawn(_signal_worker, args=(2, _port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"signal-rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["interrupted"] and r1["interrupted"] and r0["step"] == r1["step"] == 5
+    assert r0["checkpoint"].endswith("ckpt-step000000005.pt") and r1["checkpoint"] is None  # rank 0 writes
+    state = torch.load(r0["checkpoint"], weights_only=True)
+    assert state["progress"]["step"] == 5 and state["progress"]["world_size"] == 2
