@@ -73,10 +73,6 @@ NEVER = "never"  # update_interval value: no topology updates
 IDENTITY, SETTING, CONTROL = "identity", "setting", "control"
 
 
-#: ``resume`` values besides a checkpoint path: a fresh run, the newest good checkpoint, start over.
-RESUME_MODES = ("none", "auto", "restart")
-
-
 def key(default: Any = None, *, role: str = SETTING, label: str | None = None, rank: int | None = None,
         factory: Any = None, midrun: bool | str | None = None) -> Any:
     """A config field with its schema metadata (see the module docstring)."""

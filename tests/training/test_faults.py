@@ -402,3 +402,15 @@ def test_sigterm_to_a_sweep_stops_its_runs_with_checkpoints(tmp_path):
     assert "itop: interrupted by SIGTERM at step " in log and "(exit status 143)" in log
     step = int(log.split("itop: interrupted by SIGTERM at step ")[1].split(";")[0])
     assert (run / "checkpoints" / f"ckpt-step{step:09d}.pt").is_file()
+
+
+def test_a_sparsifier_setting_is_applied_from_the_resume_step(tmp_path, capsys):
+    assert train(capsys, tmp_path, "s", "--max-steps", "14")[0] == 0
+    rc, out, err = train(capsys, tmp_path, "s", "--resume", "auto", "--drop-fraction", "0.1",
+                         "--drop-schedule", "constant", "--resume-override", "drop_fraction,drop_schedule")
+    assert rc == 0, err
+    updates = [(r["step"], r["drop_fraction"]) for r in records(tmp_path / "s") if r["type"] == "update"]
+    before = [f for s, f in updates if s <= STEPS_PER_EPOCH]
+    after = [f for s, f in updates if s > STEPS_PER_EPOCH]
+    assert before == sorted(before, reverse=True) and 0.1 not in before and before[0] < 0.3  # RigL's cosine
+    assert after and all(f == 0.1 for f in after)
