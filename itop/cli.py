@@ -189,13 +189,9 @@ def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
 # -- sweep -----------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
-    """Exit status: 0 when every run completed, 1 when a run failed, 2 on bad input, 130 when
-    interrupted."""
+    """Exit status: 0 when every run completed, 1 when a run failed, 2 on bad input, 130/143 when
+    stopped by SIGINT/SIGTERM (the runs are stopped with SIGTERM and checkpoint their step)."""
     from .training.config import parse_overrides
     from .training.sweep import format_table, plan_sweep, run_sweep
     from .training.sweep.run import _cpu_count
@@ -213,21 +209,13 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     if plan.excluded or plan.duplicates:
         say(f"  {plan.excluded} excluded, {plan.duplicates} duplicate configs run once")
     say(f"  {args.jobs} job(s) x {threads} thread(s) each")
-    previous = None
-    if not args.dry_run:
-        try:
-            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        except ValueError:  # not the main thread: leave SIGTERM alone
-            previous = None
     try:
-        results = run_sweep(plan, jobs=args.jobs, threads=args.threads, dry_run=args.dry_run, progress=say)
-    except KeyboardInterrupt:
+        with _sigterm_interrupts() if not args.dry_run else contextlib.nullcontext():
+            results = run_sweep(plan, jobs=args.jobs, threads=args.threads, dry_run=args.dry_run, progress=say)
+    except KeyboardInterrupt as e:
         say("itop: sweep interrupted; run the same command again to continue (completed runs "
             "are skipped, interrupted ones resume from their last checkpoint)", sys.stderr)
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        return e.exit_code if isinstance(e, Interrupted) else 130
     if args.dry_run:
         for r in results:
             say(f"  {r.status:8s} {r.run_dir}")

@@ -396,7 +396,7 @@ def test_sigterm_to_a_sweep_stops_its_runs_with_checkpoints(tmp_path):
     assert found, "the sweep's run never started training"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "sweep interrupted" in err
+    assert proc.returncode == 143 and "sweep interrupted" in err
     run = found[0].parent
     log = (run / "sweep.log").read_text()
     assert "itop: interrupted by SIGTERM at step " in log and "(exit status 143)" in log
