@@ -55,6 +55,7 @@ def two_rank_runs(tmp_path_factory):
         ("static", {"method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 32}),
         ("killed", {"method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32, "update_interval": 5,
                     "max_steps": 30}),
+        ("accum", {"method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 16, "accumulate": 2}),
     ]
     return tmp, _spawn(tmp, jobs)
 
@@ -108,3 +109,17 @@ def test_two_rank_checkpoint_resumes_on_one_rank(two_rank_runs):
     assert len(t.sparsifier.history) > len(state["sparsifier"]["history"])  # updates continued
     counts = {k: int(m.sum()) for k, m in t.sparsifier.masks().items()}
     assert counts == {k: int(m.sum()) for k, m in killed["masks"].items()}
+
+
+def test_two_ranks_accumulating_match_one_rank_of_the_global_batch(two_rank_runs, tmp_path):
+    """2 ranks x 2 micro-batches of 16 (DDP synchronising once per group) train like one rank
+    with batches of 64: the same samples in each optimizer step, the same gradient."""
+    _, runs = two_rank_runs
+    one = Trainer(load_config(None, {**BASE, "method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 64,
+                                     "out_dir": str(tmp_path), "name": "one"}))
+    one.fit()
+    r0, r1 = runs["accum"]
+    assert r0["steps"] == r1["steps"] == one.progress.step == 2 * 21  # 1294 samples: 647 per rank
+    for k, v in one.model.state_dict().items():
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+        torch.testing.assert_close(r0["model"][k], v, rtol=1e-4, atol=1e-5)
