@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from itop.errors import ConfigError
 from itop.training import Trainer
@@ -42,6 +44,16 @@ def test_micro_batch_groups_align_to_the_epoch():
     # A resume at a batch that is not a group boundary finishes that group first.
     assert list(micro_batch_groups(iter(range(6, 10)), 6, 4)) == [[6, 7], [8, 9]]
     assert list(micro_batch_groups(iter(range(3)), 0, 1)) == [[0], [1], [2]]
+
+
+@given(n=st.integers(0, 60), start=st.integers(0, 60), size=st.integers(1, 9))
+def test_groups_cover_the_rest_of_the_epoch_once_and_end_on_boundaries(n, start, size):
+    start = min(start, n)
+    groups = list(micro_batch_groups(iter(range(start, n)), start, size))
+    assert [b for g in groups for b in g] == list(range(start, n))  # every batch once, in order
+    assert all(1 <= len(g) <= size for g in groups)
+    # every group but the last ends on a multiple of size (a checkpoint there resumes aligned)
+    assert all((g[-1] + 1) % size == 0 for g in groups[:-1])
 
 
 def test_accumulated_micro_batches_train_like_one_big_batch(tmp_path, float64):

@@ -7,7 +7,13 @@ import pytest
 from itop.cli import main
 from itop.errors import ConfigError
 from itop.training.config import load_config
-from itop.training.progress import ProgressBar, ProgressLines, StepInfo, format_duration, make_progress
+from itop.training.progress import (
+    ProgressBar,
+    ProgressLines,
+    StepInfo,
+    format_duration,
+    make_progress,
+)
 
 
 class FakeClock:
