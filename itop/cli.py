@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,32 +59,15 @@ def say(text: str = "", stream=None) -> None:
         print(text, file=stream or sys.stdout, flush=True)
 
 
-def _progress_bar(stream):
-    state = {"t": 0.0}
+def _progress(mode: str):
+    """The progress display of ``itop train`` on rank 0 (a bar on stderr when it is an
+    interactive terminal outside CI, else plain lines on stdout; see itop.training.progress)."""
+    from .training.progress import make_progress
 
-    def on_step(epoch: int, batch: int, steps: int) -> None:
-        now = time.monotonic()
-        if batch != steps and now - state["t"] < 0.2:
-            return
-        state["t"] = now
-        width = 30
-        filled = int(width * batch / max(steps, 1))
-        stream.write(f"\repoch {epoch + 1} [{'#' * filled}{'.' * (width - filled)}] {batch}/{steps}")
-        if batch == steps:
-            stream.write("\r" + " " * (width + 40) + "\r")
-        stream.flush()
-
-    return on_step
-
-
-def _use_bar(mode: str) -> bool:
     if _rank() != 0:
-        return False
-    if mode == "bar":
-        return True
-    if mode == "auto":
-        return sys.stderr.isatty() and not os.environ.get("CI")
-    return False
+        return None
+    interactive = sys.stderr.isatty() and not os.environ.get("CI")
+    return make_progress(mode, bar_stream=sys.stderr, line_stream=sys.stdout, interactive=interactive)
 
 
 # -- train / eval / list ---------------------------------------------------------------------------
@@ -110,6 +92,10 @@ def _sigterm_interrupts():
             signal.signal(signal.SIGTERM, previous)
 
 
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     """Exit status: 0 done, 2 on an error line, 130/143 when stopped by SIGINT/SIGTERM."""
     from .training import load_config, run_training
@@ -120,9 +106,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     say(f"# itop train: {cfg.run_name()}  ({source}); resolved config:")
     say(yaml.safe_dump(cfg.resolved(), sort_keys=False).rstrip())
     run_dir = f"{cfg.out_dir}/{cfg.run_name()}"
+    progress = _progress(cfg.progress)
     try:
         with _sigterm_interrupts():
-            summary = run_training(cfg, on_step=_progress_bar(sys.stderr) if _use_bar(cfg.progress) else None)
+            summary = run_training(cfg, on_step=progress)
     except Interrupted as e:
         where = (f"at step {e.step}; checkpoint {e.checkpoint} holds it" if e.checkpoint
                  else f"outside training (while setting up or between rounds); results so far are under {run_dir}")
@@ -133,10 +120,18 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         say(f"itop: interrupted by SIGINT; the checkpoints written so far are kept under {run_dir}: "
             "continue with the same command plus --resume auto", sys.stderr)
         return 130
+    finally:
+        if progress is not None:
+            progress.close()
     say()
     sel, fin = summary["test_acc_selected"], summary["final_test_acc"]
-    say(f"test accuracy: {sel:.4f} (model selected at epoch {summary['selected_epoch']} by "
-        f"validation accuracy), {fin:.4f} (last epoch)" if sel is not None else "test accuracy: n/a")
+    what = "test next-token accuracy" if summary.get("task") == "language-model" else "test accuracy"
+    say(f"{what}: {sel:.4f} (model selected at epoch {summary['selected_epoch']} by "
+        f"validation accuracy), {fin:.4f} (last epoch)" if sel is not None else f"{what}: n/a")
+    if summary.get("final_test_perplexity") is not None:
+        say(f"test perplexity: {_num(summary.get('test_perplexity_selected'))} (selected), "
+            f"{_num(summary['final_test_perplexity'])} (last epoch); bits per token: "
+            f"{_num(summary.get('test_bits_per_token_selected'))}, {_num(summary.get('final_test_bits_per_token'))}")
     say(f"sparsity: {summary['sparsity']:.4f}   ITOP rate R_s: {summary['itop_rate']:.4f}   "
         f"reliable R_s: {summary['reliable_itop_rate']:.4f}   updates: {summary['updates']}")
     tf, inf = summary.get("training_flops_relative"), summary.get("inference_flops_relative")
@@ -153,8 +148,10 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from .training import evaluate_checkpoint
 
     if extra:
-        raise ConfigError(f"itop eval takes a checkpoint and --data-dir/--device; unexpected {' '.join(extra)}")
-    result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device)
+        raise ConfigError(f"itop eval takes a checkpoint and --data-dir/--data-file/--device; unexpected "
+                          f"{' '.join(extra)}")
+    result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
+                                 data_file=args.data_file)
     if args.json:
         say(json.dumps(result))
     else:
@@ -276,6 +273,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-file", default=None, help="the text file of a text-dataset run, if it moved")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON line")
 

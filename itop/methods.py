@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,6 +251,8 @@ def from_config(
     input_shape: Sequence[int] | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
     targets: TargetSelector | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    input_dtype: torch.dtype | None = None,
 ) -> Sparsifier:
     """Build a :class:`Sparsifier` from a :class:`SparseConfig`.
 
@@ -264,6 +267,10 @@ def from_config(
         targets: Which weights to sparsify (e.g. ``TargetSelector(patterns=("*.wte.weight",))``);
             the config's ``include``, ``exclude``, ``keep_first_dense``, ``keep_last_dense``
             and ``layer_sparsity`` are added to it.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` for SNIP and GraSP (default
+            cross-entropy over ``(N, C)`` logits; a language model needs its own).
+        input_dtype: Dtype of SynFlow's all-ones input (default: its computation dtype;
+            ``torch.long`` for a model that takes token ids).
     """
     if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
         raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -311,7 +318,7 @@ def from_config(
         masks = prune_at_init(
             config.init_pruning, model, 1.0 - config.sparsity, batches=batches,
             input_shape=input_shape, targets=selector.select(model),
-            **{"synflow": {"rounds": config.synflow_rounds}}.get(config.init_pruning, {}),
+            **_init_pruning_options(config, loss_fn, input_dtype),
         )
     return Sparsifier(
         model,
@@ -333,6 +340,16 @@ def from_config(
         sparsity_schedule=sparsity_schedule,
         global_pruning=config.global_pruning,
     )
+
+
+def _init_pruning_options(config: SparseConfig, loss_fn: Any, input_dtype: Any) -> dict[str, Any]:
+    """The options the config's pruning-at-init method takes, of SynFlow's rounds and input
+    dtype and SNIP/GraSP's loss (those not given are left to the method's defaults)."""
+    from .pruning import PRUNE_AT_INIT
+
+    given = {"rounds": config.synflow_rounds, "input_dtype": input_dtype, "loss_fn": loss_fn}
+    accepted = inspect.signature(PRUNE_AT_INIT.lookup(config.init_pruning)).parameters
+    return {k: v for k, v in given.items() if k in accepted and v is not None}
 
 
 def build(

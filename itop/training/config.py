@@ -86,12 +86,15 @@ def key(default: Any = None, *, role: str = SETTING, label: str | None = None, r
 class RunConfig:
     """Everything one training run needs. Keys are also CLI flags (``--batch-size 64``).
 
-    Data: ``dataset``, ``data_dir``, ``data_args`` (dataset options, e.g. ``crop_size`` for
-    ImageNet), ``val_fraction``, ``download``, ``num_workers``, ``augment``. Model: ``model``,
+    Data: ``dataset``, ``data_dir``, ``data_file`` (the file of a file-based dataset such as
+    ``text``; the same as ``data_args: {data_file: ...}``), ``data_args`` (dataset options, e.g.
+    ``crop_size`` for ImageNet), ``val_fraction``, ``download``, ``num_workers``, ``augment``. Model: ``model``,
     ``model_args`` (options of the model factory, e.g. ``{hidden: [4096, 4096]}``).
     Optimisation: ``optimizer`` (sgd/adam/adamw), ``lr``, ``momentum``, ``nesterov``,
     ``weight_decay``, ``no_decay_norm`` (no weight decay on normalisation and bias parameters),
-    ``batch_size`` (per process), ``epochs``, ``multiplier`` (extended training: scales epochs
+    ``batch_size`` (per process and micro-batch), ``accumulate`` (gradient accumulation: micro-batches
+    per optimizer step, so the global batch is ``batch_size x accumulate x processes``; ΔT and
+    every schedule count optimizer steps), ``epochs``, ``multiplier`` (extended training: scales epochs
     and every schedule defined as a fraction of training, as in the paper's 2x/5x runs; ΔT is
     not scaled, so longer runs make more updates), ``lr_schedule`` (step/cosine/constant),
     ``lr_milestones`` (fractions of training for the step schedule), ``lr_gamma``,
@@ -116,6 +119,7 @@ class RunConfig:
     # data
     dataset: str = key("digits", role=IDENTITY, label="", rank=2)
     data_dir: str | None = key(None, role=CONTROL)
+    data_file: str | None = key(None, midrun="it changes the data, and so the samples and the steps of an epoch")
     data_args: dict[str, Any] = key(role=SETTING, factory=dict, midrun="it changes the data, and so the "
                                     "samples and the steps of an epoch")
     val_fraction: float = key(0.1, midrun="it sizes the validation split, and so the training set and the "
@@ -136,6 +140,7 @@ class RunConfig:
     no_decay_norm: bool = key(False, midrun="it changes the optimizer's parameter groups, which the "
                               "saved optimizer state must match")
     batch_size: int = key(128, role=IDENTITY, label="b", rank=5)
+    accumulate: int = key(1, role=IDENTITY, label="accum", rank=5)
     epochs: int = key(10, role=IDENTITY, label="e", rank=7)
     multiplier: float = key(1.0, role=IDENTITY, label="x", rank=6)
     lr_schedule: str = key("step", label="", midrun=True)
@@ -240,6 +245,14 @@ class RunConfig:
                 out[k] = _to_word(k, sparse[k])
         return out
 
+    def dataset_options(self) -> dict[str, Any]:
+        """The dataset's options: ``data_args`` plus ``data_file`` when set (given once)."""
+        if self.data_file is None:
+            return dict(self.data_args)
+        if "data_file" in self.data_args:
+            raise ConfigError("data_file is given twice, as --data-file and in data_args; keep one of them")
+        return {**self.data_args, "data_file": self.data_file}
+
     @property
     def total_epochs(self) -> int:
         """Epochs this run trains (``epochs x multiplier``, rounded, at least one)."""
@@ -263,14 +276,15 @@ class RunConfig:
         from .factories import AMP_MODES, LR_SCHEDULES, OPTIMIZERS, PROGRESS_MODES
 
         get_method(self.method)
-        check_dataset_options(self.dataset, self.data_args)
+        check_dataset_options(self.dataset, self.dataset_options())
         check_model_options(self.model, self.model_args)
         check_sparsity(self.sparsity)
         for k, spec in KEYS.items():  # nan and inf pass range checks written as comparisons
             v = self.get(k)
             if spec.type.startswith("float") and isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{k} must be a finite number, got {v!r}")
-        for k in ("batch_size", "epochs", "multiplier", "lr", "lr_gamma", "eval_every", "keep_checkpoints"):
+        for k in ("batch_size", "accumulate", "epochs", "multiplier", "lr", "lr_gamma", "eval_every",
+                  "keep_checkpoints"):
             _positive(k, getattr(self, k))
         for k in ("lr_reference_batch", "max_steps", "threads"):
             if getattr(self, k) is not None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import shutil
 import signal
@@ -64,18 +65,21 @@ from .checkpoint import (
 )
 from .config import KEYS, RunConfig, dump_config, resume_changes
 from .factories import (
-    input_shape,
+    float_dtype,
+    input_spec,
     lr_lambda,
     make_amp,
     make_data,
     make_model,
     make_optimizer,
     make_sparsifier,
+    make_task_for,
     resolve_device,
     wrap_model,
 )
 from .loop import train
 from .metrics import MetricsLog, make_summary, write_summary
+from .progress import StepInfo
 from .selection import is_better, selection
 
 __all__ = ["CHECKPOINT_FORMAT", "Trainer"]
@@ -98,7 +102,7 @@ class Progress:
     """Where a run is: everything a checkpoint needs besides the objects' own state dicts."""
 
     epoch: int = 0
-    batch: int = 0  # next batch index inside ``epoch``
+    batch: int = 0  # next (micro-)batch index inside ``epoch``
     step: int = 0
     elapsed: float = 0.0
     loss_sum: float = 0.0
@@ -113,8 +117,8 @@ class Trainer:
 
     Args:
         cfg: A validated run config.
-        on_step: Optional ``fn(epoch, batch, steps_per_epoch)`` called after every step
-            (the CLI draws its progress bar with it).
+        on_step: Optional ``fn(StepInfo)`` called after every optimizer step (the CLI's
+            progress display, :mod:`~itop.training.progress`).
         masks: Initial masks (IMP rounds).
         init_state: Model weights loaded before training (IMP rewinding).
         capture_step: Keep the weights at this step (and write ``rewind.pt``), for IMP.
@@ -124,7 +128,7 @@ class Trainer:
     def __init__(
         self,
         cfg: RunConfig,
-        on_step: Callable[[int, int, int], None] | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
         *,
         masks: dict[str, torch.Tensor] | None = None,
         init_state: dict[str, torch.Tensor] | None = None,
@@ -156,7 +160,9 @@ class Trainer:
         eval_bs = max(cfg.batch_size, 256)
         self.val_loader = self._eval_loader("val", eval_bs) if self.data.val is not None else None
         self.test_loader = self._eval_loader("test", eval_bs)
-        self.steps_per_epoch = len(self.train_loader)
+        self.batches_per_epoch = len(self.train_loader)
+        # Optimizer steps: one per group of ``accumulate`` micro-batches (a short last group too).
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accumulate)
         self.epochs = cfg.total_epochs
         self.total_steps = self.epochs * self.steps_per_epoch
 
@@ -169,9 +175,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg, self.total_steps, self.steps_per_epoch))
         self.sparse_config = sparse_config or cfg.sparse_config()
-        shape = input_shape(self.data)
+        self.task = make_task_for(cfg, self.data)
+        self.input_dtype = float_dtype(self.model)
+        inputs = input_spec(self.data)
         self.sparsifier: Sparsifier = make_sparsifier(
-            cfg, self.model, self.optimizer, self.total_steps, shape,
+            cfg, self.model, self.optimizer, self.total_steps, inputs, task=self.task,
             batches=self._init_batches(), masks=masks, config=self.sparse_config,
         )
         self.net: nn.Module = wrap_model(cfg, self.model, self.device)  # what the loop calls
@@ -179,10 +187,9 @@ class Trainer:
         # IMP rewinding: the weights at ``capture_step`` (0 = initialisation) are kept.
         self.capture_step = capture_step
         self.captured: dict[str, torch.Tensor] | None = None
-        self.flop_profile = profile_model(self.model, shape)
+        self.flop_profile = profile_model(self.model, inputs.shape, dtype=inputs.dtype)
         self.flops = TrainingFlops(self.flop_profile)
         self.dense_gradient = dense_gradient_policy(self.sparsifier.grow)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.progress = Progress()
         self.densities = self.layer_densities()
         self.last_checkpoint: Path | None = None
@@ -255,7 +262,7 @@ class Trainer:
     def select(self, record: dict[str, Any]) -> None:
         """Keep an evaluated epoch as the last evaluation and, if it is the best, as selected."""
         p = self.progress
-        p.last_eval = {k: record[k] for k in ("val_acc", "test_acc") if k in record}
+        p.last_eval = {k: record[k] for k in ("val_acc", "test_acc", "test_loss") if k in record}
         if is_better(record, p.best):
             p.best = selection(record)
             if self.is_main:
@@ -569,6 +576,7 @@ class Trainer:
         stats = self.sparsifier.stats(per_layer=False)
         return make_summary(
             run=self.cfg.run_name(), config={**self.cfg.resolved(), "sparsity": self.sparse_config.sparsity},
+            task=self.task.name,
             epochs=self.epochs, steps=p.step, completed=p.epoch >= self.epochs,
             best=p.best, last_eval=p.last_eval,
             exploration={

@@ -247,8 +247,8 @@ def test_imp_resumes_after_its_first_round(tmp_path):
 def _signal_at(sig, epoch, batch, times=1):
     import os
 
-    def on_step(e, b, steps):
-        if (e, b) == (epoch, batch):
+    def on_step(info):
+        if (info.epoch, info.step) == (epoch, batch):
             for _ in range(times):
                 os.kill(os.getpid(), sig)
 

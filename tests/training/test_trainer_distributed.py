@@ -55,6 +55,7 @@ def two_rank_runs(tmp_path_factory):
         ("static", {"method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 32}),
         ("killed", {"method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32, "update_interval": 5,
                     "max_steps": 30}),
+        ("accum", {"method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 16, "accumulate": 2}),
     ]
     return tmp, _spawn(tmp, jobs)
 
@@ -110,6 +111,20 @@ def test_two_rank_checkpoint_resumes_on_one_rank(two_rank_runs):
     assert counts == {k: int(m.sum()) for k, m in killed["masks"].items()}
 
 
+def test_two_ranks_accumulating_match_one_rank_of_the_global_batch(two_rank_runs, tmp_path):
+    """2 ranks x 2 micro-batches of 16 (DDP synchronising once per group) train like one rank
+    with batches of 64: the same samples in each optimizer step, the same gradient."""
+    _, runs = two_rank_runs
+    one = Trainer(load_config(None, {**BASE, "method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 64,
+                                     "out_dir": str(tmp_path), "name": "one"}))
+    one.fit()
+    r0, r1 = runs["accum"]
+    assert r0["steps"] == r1["steps"] == one.progress.step == 2 * 21  # 1294 samples: 647 per rank
+    for k, v in one.model.state_dict().items():
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+        torch.testing.assert_close(r0["model"][k], v, rtol=1e-4, atol=1e-5)
+
+
 def _signal_worker(rank, world, port, out_dir):
     """Only rank 1 receives SIGTERM (after its 5th step); every rank must stop at the same step."""
     import json
@@ -121,8 +136,8 @@ def _signal_worker(rank, world, port, out_dir):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
 
-    def on_step(epoch, batch, steps):
-        if rank == 1 and (epoch, batch) == (0, 5):
+    def on_step(info):
+        if rank == 1 and (info.epoch, info.step) == (0, 5):
             os.kill(os.getpid(), signal.SIGTERM)
 
     try:
