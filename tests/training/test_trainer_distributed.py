@@ -1,12 +1,14 @@
 """The runner under torchrun-style process groups (gloo on CPU, two processes)."""
 
 import os
+import signal
 import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from itop.errors import Interrupted
 from itop.training import Trainer
 from itop.training.config import load_config
 
@@ -20,17 +22,27 @@ def _port():
         return s.getsockname()[1]
 
 
+def _sigterm_after_step_5(info):
+    if (info.epoch, info.step) == (0, 5):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(rank, world, port, jobs, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
         for tag, over in jobs:
-            t = Trainer(load_config(None, {**BASE, "out_dir": os.path.join(out_dir, tag), "name": "run", **over}))
-            t.fit()
+            t = Trainer(load_config(None, {**BASE, "out_dir": os.path.join(out_dir, tag), "name": "run", **over}),
+                        on_step=_sigterm_after_step_5 if tag == "signalled" and rank == 1 else None)
+            try:
+                t.fit()
+                interrupted = None
+            except Interrupted as e:
+                interrupted = {"step": e.step, "checkpoint": e.checkpoint}
             torch.save({"model": t.model.state_dict(), "masks": t.sparsifier.masks(),
                         "rate": t.sparsifier.itop_rate(), "steps": t.progress.step,
-                        "updates": len(t.sparsifier.history)},
+                        "updates": len(t.sparsifier.history), "interrupted": interrupted},
                        os.path.join(out_dir, f"{tag}-rank{rank}.pt"))
     finally:
         import torch.distributed as dist
@@ -56,6 +68,7 @@ def two_rank_runs(tmp_path_factory):
         ("killed", {"method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32, "update_interval": 5,
                     "max_steps": 30}),
         ("accum", {"method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 16, "accumulate": 2}),
+        ("signalled", {"method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32, "update_interval": 5}),
     ]
     return tmp, _spawn(tmp, jobs)
 
@@ -125,44 +138,11 @@ def test_two_ranks_accumulating_match_one_rank_of_the_global_batch(two_rank_runs
         torch.testing.assert_close(r0["model"][k], v, rtol=1e-4, atol=1e-5)
 
 
-def _signal_worker(rank, world, port, out_dir):
-    """Only rank 1 receives SIGTERM (after its 5th step); every rank must stop at the same step."""
-    import json
-    import signal
-
-    from itop.errors import Interrupted
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-
-    def on_step(info):
-        if rank == 1 and (info.epoch, info.step) == (0, 5):
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    try:
-        t = Trainer(load_config(None, {**BASE, "method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32,
-                                       "update_interval": 5, "out_dir": out_dir, "name": "run"}), on_step=on_step)
-        try:
-            t.fit()
-            result = {"interrupted": False}
-        except Interrupted as e:
-            result = {"interrupted": True, "step": e.step, "checkpoint": e.checkpoint}
-        with open(os.path.join(out_dir, f"signal-rank{rank}.json"), "w") as f:
-            json.dump(result, f)
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    import json
-
-    mp.spawn(_signal_worker, args=(2, _port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (json.loads((tmp_path / f"signal-rank{r}.json").read_text()) for r in (0, 1))
-    assert r0["interrupted"] and r1["interrupted"] and r0["step"] == r1["step"] == 5
-    assert r0["checkpoint"].endswith("ckpt-step000000005.pt") and r1["checkpoint"] is None  # rank 0 writes
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(two_rank_runs):
+    """Only rank 1 received SIGTERM (after its 5th step): both ranks stop there, rank 0 writes."""
+    tmp, runs = two_rank_runs
+    r0, r1 = (r["interrupted"] for r in runs["signalled"])
+    assert r0["step"] == r1["step"] == 5 == runs["signalled"][0]["steps"] == runs["signalled"][1]["steps"]
+    assert r0["checkpoint"].endswith("ckpt-step000000005.pt") and r1["checkpoint"] is None
     state = torch.load(r0["checkpoint"], weights_only=True)
     assert state["progress"]["step"] == 5 and state["progress"]["world_size"] == 2
