@@ -35,6 +35,7 @@ from .errors import (
     ConfigError,
     DataNotFoundError,
     DivergenceError,
+    Interrupted,
     ItopError,
 )
 from .initialization import rescale_to_sparse_fan_in
@@ -68,6 +69,7 @@ __all__ = [
     "DataNotFoundError",
     "DivergenceError",
     "ExplorationTracker",
+    "Interrupted",
     "ItopError",
     "IterativeMagnitudePruning",
     "LayerContext",

@@ -2,25 +2,38 @@
 
 The only place that parses arguments: each subcommand turns its flags (for ``train``, a YAML
 config plus ``--key value`` overrides) into library objects and calls the library. Errors caused
-by input are printed as one line (``itop: error: ...``) with exit status 2, never a traceback.
-Under ``torchrun`` only rank 0 prints.
+by input or by the file system (a full disk, a path that is a file) are printed as one line
+(``itop: error: ...``), never a traceback. Under ``torchrun`` only rank 0 prints.
+
+Exit status (:data:`EXIT_CODES`): 0 done; 1 a sweep run failed (or an unexpected crash, with
+its traceback); 2 an ``itop: error:`` line; 130 stopped by SIGINT, 143 by SIGTERM (``itop
+train`` first writes a checkpoint of the step it was in: continue with ``--resume auto``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError, ItopError
+from .errors import ConfigError, Interrupted, ItopError
+
+#: What each exit status of ``itop`` means (also in the README).
+EXIT_CODES = {
+    0: "done",
+    1: "a sweep run failed, or an unexpected crash (with its traceback)",
+    2: "an itop: error: line (bad input, a damaged checkpoint, a file-system error, a NaN loss)",
+    128 + signal.SIGINT: "stopped by SIGINT (Ctrl-C); a checkpoint of the current step was written",
+    128 + signal.SIGTERM: "stopped by SIGTERM (SLURM, Kubernetes); a checkpoint of the current step was written",
+}
 
 EPILOG_TRAIN = """Any config key is also a flag: --key value (e.g. --sparsity 0.98 --update-interval 100).
 Without -c the built-in demo config is the base (RigL-ITOP on scikit-learn's digits).
@@ -46,38 +59,45 @@ def say(text: str = "", stream=None) -> None:
         print(text, file=stream or sys.stdout, flush=True)
 
 
-def _progress_bar(stream):
-    state = {"t": 0.0}
+def _progress(mode: str):
+    """The progress display of ``itop train`` on rank 0 (a bar on stderr when it is an
+    interactive terminal outside CI, else plain lines on stdout; see itop.training.progress)."""
+    from .training.progress import make_progress
 
-    def on_step(epoch: int, batch: int, steps: int) -> None:
-        now = time.monotonic()
-        if batch != steps and now - state["t"] < 0.2:
-            return
-        state["t"] = now
-        width = 30
-        filled = int(width * batch / max(steps, 1))
-        stream.write(f"\repoch {epoch + 1} [{'#' * filled}{'.' * (width - filled)}] {batch}/{steps}")
-        if batch == steps:
-            stream.write("\r" + " " * (width + 40) + "\r")
-        stream.flush()
-
-    return on_step
-
-
-def _use_bar(mode: str) -> bool:
     if _rank() != 0:
-        return False
-    if mode == "bar":
-        return True
-    if mode == "auto":
-        return sys.stderr.isatty() and not os.environ.get("CI")
-    return False
+        return None
+    interactive = sys.stderr.isatty() and not os.environ.get("CI")
+    return make_progress(mode, bar_stream=sys.stderr, line_stream=sys.stdout, interactive=interactive)
 
 
 # -- train / eval / list ---------------------------------------------------------------------------
 
 
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises :class:`Interrupted` (as SIGINT raises KeyboardInterrupt) while the block runs;
+    ``Trainer.fit`` refines both into a checkpoint at the current step while it trains."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    """Exit status: 0 done, 2 on an error line, 130/143 when stopped by SIGINT/SIGTERM."""
     from .training import load_config, run_training
     from .training.config import parse_overrides
 
@@ -85,16 +105,33 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     source = "built-in demo config" if args.config is None else args.config
     say(f"# itop train: {cfg.run_name()}  ({source}); resolved config:")
     say(yaml.safe_dump(cfg.resolved(), sort_keys=False).rstrip())
+    run_dir = f"{cfg.out_dir}/{cfg.run_name()}"
+    progress = _progress(cfg.progress)
     try:
-        summary = run_training(cfg, on_step=_progress_bar(sys.stderr) if _use_bar(cfg.progress) else None)
+        with _sigterm_interrupts():
+            summary = run_training(cfg, on_step=progress)
+    except Interrupted as e:
+        where = (f"at step {e.step}; checkpoint {e.checkpoint} holds it" if e.checkpoint
+                 else f"outside training (while setting up or between rounds); results so far are under {run_dir}")
+        say(f"itop: interrupted by {e.signal_name} {where}: continue with the same command plus "
+            f"--resume auto (exit status {e.exit_code})", sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        say(f"itop: interrupted; checkpoints are kept under {cfg.out_dir}/{cfg.run_name()}: continue "
-            "with the same command plus --resume auto", sys.stderr)
+        say(f"itop: interrupted by SIGINT; the checkpoints written so far are kept under {run_dir}: "
+            "continue with the same command plus --resume auto", sys.stderr)
         return 130
+    finally:
+        if progress is not None:
+            progress.close()
     say()
     sel, fin = summary["test_acc_selected"], summary["final_test_acc"]
-    say(f"test accuracy: {sel:.4f} (model selected at epoch {summary['selected_epoch']} by "
-        f"validation accuracy), {fin:.4f} (last epoch)" if sel is not None else "test accuracy: n/a")
+    what = "test next-token accuracy" if summary.get("task") == "language-model" else "test accuracy"
+    say(f"{what}: {sel:.4f} (model selected at epoch {summary['selected_epoch']} by "
+        f"validation accuracy), {fin:.4f} (last epoch)" if sel is not None else f"{what}: n/a")
+    if summary.get("final_test_perplexity") is not None:
+        say(f"test perplexity: {_num(summary.get('test_perplexity_selected'))} (selected), "
+            f"{_num(summary['final_test_perplexity'])} (last epoch); bits per token: "
+            f"{_num(summary.get('test_bits_per_token_selected'))}, {_num(summary.get('final_test_bits_per_token'))}")
     say(f"sparsity: {summary['sparsity']:.4f}   ITOP rate R_s: {summary['itop_rate']:.4f}   "
         f"reliable R_s: {summary['reliable_itop_rate']:.4f}   updates: {summary['updates']}")
     tf, inf = summary.get("training_flops_relative"), summary.get("inference_flops_relative")
@@ -111,8 +148,10 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from .training import evaluate_checkpoint
 
     if extra:
-        raise ConfigError(f"itop eval takes a checkpoint and --data-dir/--device; unexpected {' '.join(extra)}")
-    result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device)
+        raise ConfigError(f"itop eval takes a checkpoint and --data-dir/--data-file/--device; unexpected "
+                          f"{' '.join(extra)}")
+    result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, device=args.device,
+                                 data_file=args.data_file)
     if args.json:
         say(json.dumps(result))
     else:
@@ -166,13 +205,9 @@ def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
 # -- sweep -----------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
-    """Exit status: 0 when every run completed, 1 when a run failed, 2 on bad input, 130 when
-    interrupted."""
+    """Exit status: 0 when every run completed, 1 when a run failed, 2 on bad input, 130/143 when
+    stopped by SIGINT/SIGTERM (the runs are stopped with SIGTERM and checkpoint their step)."""
     from .training.config import parse_overrides
     from .training.sweep import format_table, plan_sweep, run_sweep
     from .training.sweep.run import _cpu_count
@@ -190,21 +225,13 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     if plan.excluded or plan.duplicates:
         say(f"  {plan.excluded} excluded, {plan.duplicates} duplicate configs run once")
     say(f"  {args.jobs} job(s) x {threads} thread(s) each")
-    previous = None
-    if not args.dry_run:
-        try:
-            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        except ValueError:  # not the main thread: leave SIGTERM alone
-            previous = None
     try:
-        results = run_sweep(plan, jobs=args.jobs, threads=args.threads, dry_run=args.dry_run, progress=say)
-    except KeyboardInterrupt:
+        with _sigterm_interrupts() if not args.dry_run else contextlib.nullcontext():
+            results = run_sweep(plan, jobs=args.jobs, threads=args.threads, dry_run=args.dry_run, progress=say)
+    except KeyboardInterrupt as e:
         say("itop: sweep interrupted; run the same command again to continue (completed runs "
             "are skipped, interrupted ones resume from their last checkpoint)", sys.stderr)
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        return e.exit_code if isinstance(e, Interrupted) else 130
     if args.dry_run:
         for r in results:
             say(f"  {r.status:8s} {r.run_dir}")
@@ -228,10 +255,31 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise ConfigError(f"itop report: unexpected {' '.join(extra)} (see itop report -h)")
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
+    _check_output_folder(args.out, "--out")
     path = write_report(args.paths, args.out, title=args.title, fmt=args.format, by=by,
                         include_rounds=args.include_rounds)
     say(f"report written to {path}")
     return 0
+
+
+def _check_output_folder(path: str, flag: str) -> None:
+    """An output folder must be a folder or creatable as one (checked before any work)."""
+    from pathlib import Path
+
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == Path(path) else f"cannot be created: {probe} is a file"
+        raise ConfigError(f"{flag} {path} {what}, not a folder; give a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path} cannot be written ({probe} is not writable); give another folder")
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a file-system error that reached the command line."""
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot use{where}: {e.strerror or e}; check the path, the free disk space and the permissions"
 
 
 # -- the parser ------------------------------------------------------------------------------------
@@ -244,6 +292,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-file", default=None, help="the text file of a text-dataset run, if it moved")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON line")
 
@@ -334,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args, extra)
     except ItopError as e:
         say(f"itop: error: {e}", sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a path that is a file, a folder that is not writable
+        say(f"itop: error: {_os_error(e)}", sys.stderr)
         return 2
 
 

@@ -32,6 +32,39 @@ class DivergenceError(ItopError, FloatingPointError):
     """Training produced a non-finite loss or gradient."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped on a signal (SIGINT, SIGTERM) after writing a checkpoint of where it was.
+
+    A :class:`KeyboardInterrupt`, so code that already handles Ctrl-C keeps working. Not an
+    :class:`ItopError`: nothing was wrong with the input.
+
+    Attributes:
+        signum: The signal received (``signal.SIGINT``, ``signal.SIGTERM``).
+        step: The training step the run stopped at (``None`` when it had not started).
+        checkpoint: The checkpoint holding that step (``None`` when none was written).
+        exit_code: ``128 + signum``, the shell's convention (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, step: int | None = None, checkpoint: str | None = None) -> None:
+        super().__init__(signum, step, checkpoint)
+        self.signum = int(signum)
+        self.step = step
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+
 def did_you_mean(name: object, known: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the known name nearest to ``name``, else ``""``.
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +38,14 @@ __all__ = ["METHODS", "Method", "SparseConfig", "build", "get_method", "list_met
 
 
 # Field metadata read by the run-config schema (itop.training.config): how a key shows in sweep
-# run names (label "" = the value alone) and words that stand for values. Inert for the engine.
+# run names (label "" = the value alone), words that stand for values, and ``midrun``: whether a
+# resumed run can take a new value from the resume step (True: the engine reads it only through
+# schedules and criteria, which are told the step) or why not. Inert for the engine.
 _VALUE_ONLY = {"label": ""}
+_MIDRUN = {"midrun": True}
+_AT_INIT = {"midrun": "it acts at initialisation only, which this run has passed"}
+_LAYOUT = {"midrun": "it decides which weights are sparse and how many each layer keeps, fixed when "
+                     "the run started"}
 
 
 @dataclass
@@ -93,37 +100,39 @@ class SparseConfig:
     """
 
     sparsity: float = field(default=0.9, metadata={"role": "identity"})
-    distribution: str = field(default="erk", metadata=_VALUE_ONLY)
-    erk_power_scale: float = 1.0
-    prune: str = field(default="magnitude", metadata=_VALUE_ONLY)
-    grow: str = field(default="random", metadata=_VALUE_ONLY)
+    distribution: str = field(default="erk", metadata={**_VALUE_ONLY, **_LAYOUT})
+    erk_power_scale: float = field(default=1.0, metadata=_LAYOUT)
+    prune: str = field(default="magnitude", metadata={**_VALUE_ONLY, **_MIDRUN})
+    grow: str = field(default="random", metadata={**_VALUE_ONLY, **_MIDRUN})
     update_interval: int | None = field(default=100, metadata={"label": "dt", "rank": 4,
-                                                               "words": {"never": None}})
-    update_start: int = 0
-    update_end: float = 1.0
-    drop_fraction: float = 0.3
-    final_drop_fraction: float = 0.0
-    drop_schedule: str = field(default="cosine", metadata=_VALUE_ONLY)
-    grow_init: str = field(default="zero", metadata=_VALUE_ONLY)
-    keep_regrown: bool = True
-    drop_rounding: str = "floor"
-    sparse_init: bool = False
-    keep_first_dense: bool = False
-    keep_last_dense: bool = False
-    layer_sparsity: dict[str, float] = field(default_factory=dict)
-    exclude: list[str] = field(default_factory=list)
-    include: list[str] = field(default_factory=list)
-    reliable_steps: int | None = None
+                                                               "words": {"never": None}, **_MIDRUN})
+    update_start: int = field(default=0, metadata=_MIDRUN)
+    update_end: float = field(default=1.0, metadata=_MIDRUN)
+    drop_fraction: float = field(default=0.3, metadata=_MIDRUN)
+    final_drop_fraction: float = field(default=0.0, metadata=_MIDRUN)
+    drop_schedule: str = field(default="cosine", metadata={**_VALUE_ONLY, **_MIDRUN})
+    grow_init: str = field(default="zero", metadata={**_VALUE_ONLY, **_MIDRUN})
+    keep_regrown: bool = field(default=True, metadata=_MIDRUN)
+    drop_rounding: str = field(default="floor", metadata=_MIDRUN)
+    sparse_init: bool = field(default=False, metadata=_AT_INIT)
+    keep_first_dense: bool = field(default=False, metadata=_LAYOUT)
+    keep_last_dense: bool = field(default=False, metadata=_LAYOUT)
+    layer_sparsity: dict[str, float] = field(default_factory=dict, metadata=_LAYOUT)
+    exclude: list[str] = field(default_factory=list, metadata=_LAYOUT)
+    include: list[str] = field(default_factory=list, metadata=_LAYOUT)
+    reliable_steps: int | None = field(default=None, metadata={
+        "midrun": "the reliable R_s counted so far used the old threshold, and a mix of two measures neither"})
     seed: int | None = None
-    initial_sparsity: float | None = None
-    prune_start: float = 0.1
-    prune_end: float = 0.75
-    global_pruning: bool = False
-    init_pruning: str | None = field(default=None, metadata=_VALUE_ONLY)
-    init_batches: int = 1
-    synflow_rounds: int = 100
-    rounds: int = 1
-    rewind_step: int = 0
+    initial_sparsity: float | None = field(default=None, metadata={
+        "midrun": "it shapes the whole gradual-pruning curve from step 0"})
+    prune_start: float = field(default=0.1, metadata=_MIDRUN)
+    prune_end: float = field(default=0.75, metadata=_MIDRUN)
+    global_pruning: bool = field(default=False, metadata=_MIDRUN)
+    init_pruning: str | None = field(default=None, metadata={**_VALUE_ONLY, **_AT_INIT})
+    init_batches: int = field(default=1, metadata=_AT_INIT)
+    synflow_rounds: int = field(default=100, metadata=_AT_INIT)
+    rounds: int = field(default=1, metadata={"midrun": "it shapes the rounds of iterative magnitude pruning"})
+    rewind_step: int = field(default=0, metadata={"midrun": "it shapes the rounds of iterative magnitude pruning"})
     # A checkpoint's optimizer state only resumes in the mode it was saved with: part of the
     # run's identity (the value alone in sweep run names: "...-sparse-...").
     execution: str = field(default="dense", metadata={"role": "identity", "label": "", "rank": 8})
@@ -250,6 +259,8 @@ def from_config(
     input_shape: Sequence[int] | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
     targets: TargetSelector | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    input_dtype: torch.dtype | None = None,
 ) -> Sparsifier:
     """Build a :class:`Sparsifier` from a :class:`SparseConfig`.
 
@@ -264,6 +275,10 @@ def from_config(
         targets: Which weights to sparsify (e.g. ``TargetSelector(patterns=("*.wte.weight",))``);
             the config's ``include``, ``exclude``, ``keep_first_dense``, ``keep_last_dense``
             and ``layer_sparsity`` are added to it.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` for SNIP and GraSP (default
+            cross-entropy over ``(N, C)`` logits; a language model needs its own).
+        input_dtype: Dtype of SynFlow's all-ones input (default: its computation dtype;
+            ``torch.long`` for a model that takes token ids).
     """
     if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
         raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -311,7 +326,7 @@ def from_config(
         masks = prune_at_init(
             config.init_pruning, model, 1.0 - config.sparsity, batches=batches,
             input_shape=input_shape, targets=selector.select(model),
-            **{"synflow": {"rounds": config.synflow_rounds}}.get(config.init_pruning, {}),
+            **_init_pruning_options(config, loss_fn, input_dtype),
         )
     return Sparsifier(
         model,
@@ -334,6 +349,16 @@ def from_config(
         global_pruning=config.global_pruning,
         execution=config.execution,
     )
+
+
+def _init_pruning_options(config: SparseConfig, loss_fn: Any, input_dtype: Any) -> dict[str, Any]:
+    """The options the config's pruning-at-init method takes, of SynFlow's rounds and input
+    dtype and SNIP/GraSP's loss (those not given are left to the method's defaults)."""
+    from .pruning import PRUNE_AT_INIT
+
+    given = {"rounds": config.synflow_rounds, "input_dtype": input_dtype, "loss_fn": loss_fn}
+    accepted = inspect.signature(PRUNE_AT_INIT.lookup(config.init_pruning)).parameters
+    return {k: v for k, v in given.items() if k in accepted and v is not None}
 
 
 def build(

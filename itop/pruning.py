@@ -26,7 +26,7 @@ import logging
 import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import reduce
 from typing import Any
 
@@ -293,6 +293,16 @@ def snip_scores(
 # GraSP
 
 
+def _twice_differentiable_attention() -> AbstractContextManager:
+    """Scaled-dot-product attention on the math kernel (composed of ordinary ops, so it has
+    second derivatives), where torch lets one choose the kernel."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3 computes CPU attention with the math kernel anyway
+        return nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def grasp_scores(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -334,7 +344,9 @@ def grasp_scores(
     params = [t.param for t in targets]
     fn = _loss_fn(loss_fn)
     temperature = float(temperature)
-    with _preserved(base, targets, train=True):
+    # The Hessian-vector product differentiates twice; fused attention kernels (flash attention
+    # on CPU) have no second derivative, so attention runs on the math kernel here.
+    with _preserved(base, targets, train=True), _twice_differentiable_attention():
         g = _summed_grad(base, data, params, fn, temperature)
         hg = [torch.zeros_like(p) for p in params]
         for batch in data:
@@ -380,6 +392,7 @@ def synflow_masks(
     targets: Sequence[Target] | None = None,
     *,
     dtype: torch.dtype = torch.float64,
+    input_dtype: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
     """Iterative SynFlow masks: data-free pruning that avoids layer collapse.
 
@@ -403,6 +416,8 @@ def synflow_masks(
         schedule: ``"exponential"`` or ``"linear"`` density schedule over the rounds.
         targets: Weights to prune; default ``TargetSelector().select(model)``.
         dtype: Floating dtype of the computation.
+        input_dtype: Dtype of the all-ones input (default ``dtype``); ``torch.long`` for a
+            model that takes token ids (every position is then token 1).
 
     Returns:
         ``{target name: bool mask of the weight's shape}``, True = kept.
@@ -439,7 +454,7 @@ def synflow_masks(
         }
     weights = {t.name: params[names[id(t.param)]] for t in targets}
     masks = {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in targets}
-    ones = torch.ones((1, *shape), dtype=dtype, device=device)
+    ones = torch.ones((1, *shape), dtype=input_dtype or dtype, device=device)
 
     modes = [(m, m.training) for m in base.modules()]
     try:
@@ -505,6 +520,7 @@ def _prune_synflow(
     rounds=100,
     schedule="exponential",
     dtype=torch.float64,
+    input_dtype=None,
 ):
     if input_shape is None:
         if batches is None:
@@ -514,8 +530,11 @@ def _prune_synflow(
             )
         x = next(iter(batches))[0]
         input_shape = tuple(x.shape[1:])
+        if input_dtype is None and not x.is_floating_point():
+            input_dtype = x.dtype  # token ids
     return synflow_masks(
-        model, input_shape, density, rounds=rounds, schedule=schedule, targets=targets, dtype=dtype
+        model, input_shape, density, rounds=rounds, schedule=schedule, targets=targets, dtype=dtype,
+        input_dtype=input_dtype,
     )
 
 

@@ -289,6 +289,29 @@ class Sparsifier:
                                      for c in (self.prune, self.grow))
 
         self._layers = self._build_layers(masks)
+        if optimizer is not None:  # masks are applied after *this* optimizer's steps
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            missing = [layer.name for layer in self._masked() if id(layer.param) not in held]
+            if missing:
+                raise ConfigError(
+                    f"the optimizer does not hold {len(missing)} of the sparsified weights (e.g. "
+                    f"'{missing[0]}'), so their inactive weights would not stay zero: pass the optimizer "
+                    "that trains this model, built from its parameters after moving it to its device"
+                )
+        if masks is None:  # rounding to whole weights: say when it moves the sparsity
+            start = self.sparsity if sparsity_schedule is None else float(sparsity_schedule(0))
+            wanted = round((1.0 - start) * self.num_weights())
+            shares = self.distribution(self._shapes, 1.0 - start, self._fixed) if start > 0 else {}
+            small = [layer.name for layer in self._masked()
+                     if layer.name not in self._fixed and shares.get(layer.name, 1.0) * layer.numel < 1]
+            if self.num_active() != wanted:
+                log.warning("sparsity %g asks for %d active weight(s), but every sparse layer keeps at "
+                            "least one: %d are active (sparsity %.6g); lower the sparsity", start, wanted,
+                            self.num_active(), self.actual_sparsity())
+            elif small:
+                log.warning("%d layer(s) too small for their density keep 1 weight where their share is "
+                            "below one (%s); exclude them or lower the sparsity", len(small), ", ".join(small[:4])
+                            + (", ..." if len(small) > 4 else ""))
         for layer in self._layers:
             self.tracker.register(layer.name, layer.active, layer.numel, 0)
         self._refresh_mask_lists()
@@ -475,10 +498,24 @@ class Sparsifier:
         if self._closed:
             raise RuntimeError("this sparsifier was finalized; build a new one to keep training")
         self._step += 1
+        update = self.update_schedule.is_update_step(self._step)
+        if update or self._step == 1:  # parameters replaced after build would silently lose their masks
+            model = unwrap_model(self.model)
+            for layer in self._layers:
+                try:
+                    current = model.get_parameter(layer.storage.param_name)
+                except AttributeError:
+                    current = None
+                if current is not layer.param:
+                    raise ConfigError(
+                        f"the model's parameter '{layer.name}' was replaced after the sparsifier was built "
+                        "(model.to('meta'), a module conversion, load_state_dict(assign=True), ...): build "
+                        "the sparsifier (and the optimizer) after the last such change"
+                    )
         if self.optimizer is None:
             self.apply_masks()
         record = None
-        if self.update_schedule.is_update_step(self._step):
+        if update:
             if skip_update:
                 log.info("topology update at step %d skipped (optimizer step skipped)", self._step)
             else:

@@ -85,6 +85,8 @@ class WeightStorage:
         self.name = target.name
         self.shape = target.shape
         self.numel = target.param.numel()
+        #: Where :attr:`param` is in the model (``model.get_parameter(param_name)``).
+        self.param_name = target.name
 
     @property
     def param(self) -> torch.Tensor:
@@ -201,6 +203,7 @@ class SparseValuesStorage(WeightStorage):
         super().__init__(target)
         old = target.param
         self.module: SparseLinear = to_sparse_linear(root, target.module_name, active)
+        self.param_name = f"{target.module_name}.values" if target.module_name else "values"
         swap_parameter(optimizer, old, self.module.values, self.module.indices)
 
     @property

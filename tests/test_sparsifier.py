@@ -537,3 +537,52 @@ def test_drop_rounding_tolerates_float_error():
     assert 0.29 * 100 < 29 and DROP_ROUNDINGS["floor"](0.29 * 100) == 29
     assert 0.07 * 100 > 7 and DROP_ROUNDINGS["ceil"](0.07 * 100) == 7
     assert DROP_ROUNDINGS["ceil"](0.005 * 139) == 1 and DROP_ROUNDINGS["floor"](0.005 * 139) == 0
+
+
+# -- checks of what the library is given (issue 14) ------------------------------------------------
+
+
+def test_an_optimizer_that_does_not_train_the_model_is_refused():
+    model, other = mlp(), mlp()
+    with pytest.raises(itop.ConfigError, match=r"does not hold 3 of the sparsified weights \(e.g. '1.weight'\)"):
+        itop.build("set", model, torch.optim.SGD(other.parameters(), lr=0.1), sparsity=0.9, total_steps=10)
+    partial = torch.optim.SGD(model[1].parameters(), lr=0.1)  # only the first layer
+    with pytest.raises(itop.ConfigError, match="does not hold 2 of"):
+        itop.build("set", model, partial, sparsity=0.9, total_steps=10)
+    # Layers kept dense need no masking: an optimizer without them is fine.
+    itop.build("static", model, partial, sparsity=0.9, exclude=["3.weight", "5.weight"])
+
+
+@pytest.mark.parametrize("replace", ["assign", "meta"])
+def test_parameters_replaced_after_build_are_named(replace):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = itop.build("rigl", model, opt, sparsity=0.9, update_interval=2, total_steps=10)
+    if replace == "assign":  # what a module conversion that overwrites parameters does
+        model[3].weight = nn.Parameter(model[3].weight.detach().clone())
+        x, y = batches(1)[0]
+        with pytest.raises(itop.ConfigError, match=r"parameter '3.weight' was replaced after the sparsifier was built"):
+            train_step(model, opt, sp, x, y)
+    else:
+        model.to("meta")
+        with pytest.raises(itop.ConfigError, match="'1.weight' was replaced .* build the sparsifier"):
+            sp.step()
+
+
+def test_layers_too_small_for_their_density_warn(caplog):
+    import logging
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(2, 1))
+    with caplog.at_level(logging.WARNING, logger="itop.sparsifier"):
+        sp = itop.Sparsifier(model, sparsity=0.9, distribution="uniform")
+    assert sp.layer_stats()[1].active == 1
+    assert "1 layer(s) too small for their density keep 1 weight" in caplog.text and "2.weight" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="itop.sparsifier"):
+        sp = itop.Sparsifier(mlp(), sparsity=0.99999)
+    assert ("sparsity 0.99999 asks for 0 active weight(s), but every sparse layer keeps at least one: 3 are "
+            "active") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="itop.sparsifier"):
+        itop.Sparsifier(mlp(), sparsity=0.9)
+    assert caplog.text == ""

@@ -34,6 +34,8 @@ class DatasetSplits:
         classes: Class names, if known (a text dataset: its vocabulary).
         vocab_size, block_size: For a text dataset, the number of tokens and the context
             length; 0 otherwise.
+        task: What a model predicts from it, a name in ``itop.training.tasks.TASKS``
+            (``"classification"``; ``"language-model"`` for next-token targets).
     """
 
     name: str
@@ -48,6 +50,7 @@ class DatasetSplits:
     classes: tuple[str, ...] | None = None
     vocab_size: int = 0
     block_size: int = 0
+    task: str = "classification"
 
     def model_shape(self) -> dict[str, int]:
         """The shape arguments a model factory may take from this dataset

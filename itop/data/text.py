@@ -202,6 +202,7 @@ def _build_text(
         classes=vocab,
         vocab_size=len(vocab),
         block_size=block_size,
+        task="language-model",
     )
 
 

@@ -9,9 +9,10 @@ weights_only=True)``:
   per active weight against 4 per dense weight, so the file shrinks below a density of 1/2);
   every other tensor as it is;
 * ``layers``: ``{layer: {"shape": [out, in], "nnz": k}}`` for the sparse layers;
-* ``model``: what rebuilds the network, ``{"name", "in_channels", "num_classes",
-  "image_size", "kwargs"}`` for a model of the zoo (:func:`itop.models.build_model`), or
-  ``None`` (then pass a model of the same architecture to :func:`load_export`);
+* ``model``: what rebuilds the network, ``{"name", "shape", "kwargs"}`` for a model of the zoo
+  (``build_model(name, **shape, **kwargs)``, :func:`itop.models.build_model`; ``shape`` is the
+  dataset's ``model_shape()``, e.g. ``{"num_classes": 10, "in_channels": 1, "image_size": 28}``),
+  or ``None`` (then pass a model of the same architecture to :func:`load_export`);
 * ``meta``: free-form information from the caller (method, sparsity, accuracy, ...).
 """
 
@@ -182,8 +183,7 @@ def load_export(path: str | os.PathLike, model: nn.Module | None = None, *,
                                   "(a freshly built model of the same architecture)")
         from ..models import build_model
 
-        model = build_model(spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
-                            image_size=spec["image_size"], **dict(spec.get("kwargs") or {}))
+        model = build_model(spec["name"], **dict(spec.get("shape") or {}), **dict(spec.get("kwargs") or {}))
     state = dict(payload["state"])
     for pname, info in payload["layers"].items():
         module_name = pname.rpartition(".")[0]

@@ -2,7 +2,9 @@
 
 * :mod:`~itop.training.config`: the run config schema (flat keys, YAML, ``--key value``);
 * :mod:`~itop.training.factories`: config values -> model, data, optimizer, schedule, sparsifier;
-* :mod:`~itop.training.loop`: the training loop, top to bottom;
+* :mod:`~itop.training.loop`: the training loop, top to bottom (gradient accumulation included);
+* :mod:`~itop.training.tasks`: what a model predicts and how it is scored (classification, language model);
+* :mod:`~itop.training.progress`: the progress bar / lines within an epoch;
 * :mod:`~itop.training.trainer`: one run: build, resume, train, summarise;
 * :mod:`~itop.training.checkpoint`: atomic checkpoints, safe loads, RNG state;
 * :mod:`~itop.training.metrics`: ``metrics.jsonl`` and the ``summary.json`` schema;
@@ -21,11 +23,13 @@ from .config import NEVER, RunConfig, load_config
 from .evaluate import evaluate, evaluate_checkpoint
 from .factories import lr_lambda, make_optimizer
 from .imp import train_imp
+from .progress import StepInfo
 from .trainer import Trainer
 
 __all__ = [
     "NEVER",
     "RunConfig",
+    "StepInfo",
     "Trainer",
     "evaluate",
     "evaluate_checkpoint",
@@ -37,7 +41,7 @@ __all__ = [
 ]
 
 
-def run_training(cfg: RunConfig, on_step: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+def run_training(cfg: RunConfig, on_step: Callable[[StepInfo], None] | None = None) -> dict[str, Any]:
     """Train one config: a single run, or the rounds of iterative magnitude pruning."""
     if cfg.sparse_config().rounds > 1:
         return train_imp(cfg, on_step)

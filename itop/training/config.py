@@ -17,7 +17,15 @@ Each key carries its metadata where it is declared (``dataclasses.field(metadata
 * ``label`` and ``rank``: how the key appears in sweep run names (``sparsity`` -> ``s0.98``; a
   label of ``""`` shows the value alone; parts are ordered by rank, default 50, then by config
   order, so the method comes first and the seed last);
-* ``words``: words that stand for values (``update_interval: never`` is ``None``, no updates).
+* ``words``: words that stand for values (``update_interval: never`` is ``None``, no updates);
+* ``midrun`` (settings only): whether a resumed run can take a new value from the resume step
+  (``True``: the value is read again at every step, e.g. the learning rate or the drop fraction)
+  or, as a string, why it cannot (e.g. the distribution, which decided the masks at step 0).
+  A key that does not say is treated as one that cannot change.
+
+Resuming is a contract (:func:`resume_changes`): a checkpoint of another run (an identity key
+differs) is refused; a changed setting is refused too unless the user names it in
+``resume_override``, and then only if its ``midrun`` says it can be applied.
 
 So a new key is one field in one place: its type, default, documentation and role travel with
 it into validation, the CLI's ``--help``, ``config.yaml``, run identity and sweep names.
@@ -27,7 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +57,15 @@ __all__ = [
     "Key",
     "RunConfig",
     "coerce_value",
+    "resume_changes",
     "dump_config",
     "load_config",
     "meaning",
     "parse_overrides",
     "read_yaml",
 ]
+
+log = logging.getLogger(__name__)
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 NEVER = "never"  # update_interval value: no topology updates
@@ -61,9 +74,9 @@ IDENTITY, SETTING, CONTROL = "identity", "setting", "control"
 
 
 def key(default: Any = None, *, role: str = SETTING, label: str | None = None, rank: int | None = None,
-        factory: Any = None) -> Any:
+        factory: Any = None, midrun: bool | str | None = None) -> Any:
     """A config field with its schema metadata (see the module docstring)."""
-    metadata = {"role": role, "label": label, "rank": rank}
+    metadata = {"role": role, "label": label, "rank": rank, "midrun": midrun}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -73,12 +86,15 @@ def key(default: Any = None, *, role: str = SETTING, label: str | None = None, r
 class RunConfig:
     """Everything one training run needs. Keys are also CLI flags (``--batch-size 64``).
 
-    Data: ``dataset``, ``data_dir``, ``data_args`` (dataset options, e.g. ``crop_size`` for
-    ImageNet), ``val_fraction``, ``download``, ``num_workers``, ``augment``. Model: ``model``,
+    Data: ``dataset``, ``data_dir``, ``data_file`` (the file of a file-based dataset such as
+    ``text``; the same as ``data_args: {data_file: ...}``), ``data_args`` (dataset options, e.g.
+    ``crop_size`` for ImageNet), ``val_fraction``, ``download``, ``num_workers``, ``augment``. Model: ``model``,
     ``model_args`` (options of the model factory, e.g. ``{hidden: [4096, 4096]}``).
     Optimisation: ``optimizer`` (sgd/adam/adamw), ``lr``, ``momentum``, ``nesterov``,
     ``weight_decay``, ``no_decay_norm`` (no weight decay on normalisation and bias parameters),
-    ``batch_size`` (per process), ``epochs``, ``multiplier`` (extended training: scales epochs
+    ``batch_size`` (per process and micro-batch), ``accumulate`` (gradient accumulation: micro-batches
+    per optimizer step, so the global batch is ``batch_size x accumulate x processes``; ΔT and
+    every schedule count optimizer steps), ``epochs``, ``multiplier`` (extended training: scales epochs
     and every schedule defined as a fraction of training, as in the paper's 2x/5x runs; ΔT is
     not scaled, so longer runs make more updates), ``lr_schedule`` (step/cosine/constant),
     ``lr_milestones`` (fractions of training for the step schedule), ``lr_gamma``,
@@ -90,7 +106,10 @@ class RunConfig:
     in :attr:`sparse`; unset keys take the method's preset). Run control: ``threads`` (torch CPU
     threads of this process; default: torch's choice), ``seed`` (also seeds the sparsifier),
     ``device``, ``out_dir``, ``name``, ``eval_every``, ``checkpoint_every_steps``,
-    ``keep_checkpoints``, ``resume``, ``max_steps`` (stop early, for smoke tests),
+    ``keep_checkpoints``, ``resume`` (``none``; ``auto``: the newest good checkpoint of this run;
+    ``restart``: start over, deleting this run's results; or a checkpoint file),
+    ``resume_override`` (settings a resume may change, applied from the resume step, e.g.
+    ``[lr]``; on the command line ``--resume-override lr,grad_clip``), ``max_steps`` (stop early, for smoke tests),
     ``tensorboard``, ``progress``.
 
     Build one with :meth:`from_flat` (or :func:`load_config`); read a key with :meth:`get` or as
@@ -100,33 +119,39 @@ class RunConfig:
     # data
     dataset: str = key("digits", role=IDENTITY, label="", rank=2)
     data_dir: str | None = key(None, role=CONTROL)
-    data_args: dict[str, Any] = key(role=SETTING, factory=dict)
-    val_fraction: float = key(0.1)
+    data_file: str | None = key(None, midrun="it changes the data, and so the samples and the steps of an epoch")
+    data_args: dict[str, Any] = key(role=SETTING, factory=dict, midrun="it changes the data, and so the "
+                                    "samples and the steps of an epoch")
+    val_fraction: float = key(0.1, midrun="it sizes the validation split, and so the training set and the "
+                              "steps of an epoch")
     download: bool = key(True, role=CONTROL)
     num_workers: int = key(0, role=CONTROL)
-    augment: bool = key(True)
+    augment: bool = key(True, midrun=True)
     # model
     model: str = key("lenet-300-100", role=IDENTITY, label="", rank=1)
     model_args: dict[str, Any] = key(role=IDENTITY, factory=dict)
     # optimisation
-    optimizer: str = key("sgd", label="")
-    lr: float = key(0.1)
-    momentum: float = key(0.9)
-    nesterov: bool = key(True)
-    weight_decay: float = key(5e-4)
-    no_decay_norm: bool = key(False)
+    optimizer: str = key("sgd", label="", midrun="the saved optimizer state belongs to the optimizer "
+                         "it was written with")
+    lr: float = key(0.1, midrun=True)
+    momentum: float = key(0.9, midrun=True)
+    nesterov: bool = key(True, midrun=True)
+    weight_decay: float = key(5e-4, midrun=True)
+    no_decay_norm: bool = key(False, midrun="it changes the optimizer's parameter groups, which the "
+                              "saved optimizer state must match")
     batch_size: int = key(128, role=IDENTITY, label="b", rank=5)
+    accumulate: int = key(1, role=IDENTITY, label="accum", rank=5)
     epochs: int = key(10, role=IDENTITY, label="e", rank=7)
     multiplier: float = key(1.0, role=IDENTITY, label="x", rank=6)
-    lr_schedule: str = key("step", label="")
-    lr_milestones: list[float] = key(factory=lambda: [0.5, 0.75])
-    lr_gamma: float = key(0.1)
-    warmup_epochs: float = key(0.0)
-    label_smoothing: float = key(0.0)
-    grad_clip: float | None = key(None)
-    lr_reference_batch: int | None = key(None)
+    lr_schedule: str = key("step", label="", midrun=True)
+    lr_milestones: list[float] = key(factory=lambda: [0.5, 0.75], midrun=True)
+    lr_gamma: float = key(0.1, midrun=True)
+    warmup_epochs: float = key(0.0, midrun=True)
+    label_smoothing: float = key(0.0, midrun=True)
+    grad_clip: float | None = key(None, midrun=True)
+    lr_reference_batch: int | None = key(None, midrun=True)
     # performance (CUDA)
-    amp: str = key("none", label="")
+    amp: str = key("none", label="", midrun=True)
     channels_last: bool = key(False, role=CONTROL)
     compile: bool = key(False, role=CONTROL)
     dist_backend: str = key("auto", role=CONTROL)
@@ -144,6 +169,7 @@ class RunConfig:
     checkpoint_every_steps: int = key(0, role=CONTROL)
     keep_checkpoints: int = key(2, role=CONTROL)
     resume: str | None = key(None, role=CONTROL)
+    resume_override: list[str] = key(role=CONTROL, factory=list)
     max_steps: int | None = key(None, role=CONTROL)
     tensorboard: bool = key(True, role=CONTROL)
     progress: str = key("auto", role=CONTROL)
@@ -219,6 +245,14 @@ class RunConfig:
                 out[k] = _to_word(k, sparse[k])
         return out
 
+    def dataset_options(self) -> dict[str, Any]:
+        """The dataset's options: ``data_args`` plus ``data_file`` when set (given once)."""
+        if self.data_file is None:
+            return dict(self.data_args)
+        if "data_file" in self.data_args:
+            raise ConfigError("data_file is given twice, as --data-file and in data_args; keep one of them")
+        return {**self.data_args, "data_file": self.data_file}
+
     @property
     def total_epochs(self) -> int:
         """Epochs this run trains (``epochs x multiplier``, rounded, at least one)."""
@@ -242,14 +276,24 @@ class RunConfig:
         from .factories import AMP_MODES, LR_SCHEDULES, OPTIMIZERS, PROGRESS_MODES
 
         get_method(self.method)
-        check_dataset_options(self.dataset, self.data_args)
+        check_dataset_options(self.dataset, self.dataset_options())
         check_model_options(self.model, self.model_args)
         check_sparsity(self.sparsity)
-        for k in ("batch_size", "epochs", "multiplier", "lr", "eval_every", "keep_checkpoints"):
+        for k, spec in KEYS.items():  # nan and inf pass range checks written as comparisons
+            v = self.get(k)
+            if spec.type.startswith("float") and isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{k} must be a finite number, got {v!r}")
+        for k in ("batch_size", "accumulate", "epochs", "multiplier", "lr", "lr_gamma", "eval_every",
+                  "keep_checkpoints"):
             _positive(k, getattr(self, k))
         for k in ("lr_reference_batch", "max_steps", "threads"):
             if getattr(self, k) is not None:
                 _positive(k, getattr(self, k))
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1) (0: plain SGD, the paper: 0.9), got {self.momentum!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip is the largest gradient norm let through and must be positive, got "
+                              f"{self.grad_clip!r}; leave it unset (null) for no clipping")
         OPTIMIZERS.lookup(self.optimizer)
         LR_SCHEDULES.lookup(self.lr_schedule)
         AMP_MODES.lookup(self.amp)
@@ -265,8 +309,47 @@ class RunConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_epochs < 0 or self.weight_decay < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("warmup_epochs, weight_decay and checkpoint_every_steps must be >= 0")
+        self._check_folders()
+        self._check_resume()
         self.sparse_config().validate()  # unknown sparse names and bad values surface now
+        self._warn_suspicious()
         return self
+
+    def _check_folders(self) -> None:
+        """The run folder must lie inside ``out_dir`` and be creatable there."""
+        if self.name is not None:
+            parts = Path(self.name).parts
+            if not self.name.strip() or Path(self.name).is_absolute() or ".." in parts:
+                raise ConfigError(f"name {self.name!r} must be a folder name inside out_dir (no '..', not an "
+                                  "absolute path); use --out-dir to write somewhere else")
+        target = Path(self.out_dir) / self.run_name()
+        probe = target
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise ConfigError(f"run folder {target} cannot be created: {probe} is a file, not a folder; "
+                              "choose another --out-dir")
+        if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"run folder {target} cannot be created: {probe} is not writable; "
+                              "choose another --out-dir")
+
+    def _check_resume(self) -> None:
+        for k in self.resume_override:
+            if k not in KEYS:
+                raise ConfigError(f"resume_override names unknown key '{k}'{did_you_mean(k, KEYS)}")
+        if self.resume_override and (self.resume or "none") in ("none", "restart"):
+            raise ConfigError("resume_override changes settings of a resumed run: add --resume auto "
+                              "(or --resume PATH), or drop --resume-override for a fresh run")
+
+    def _warn_suspicious(self) -> None:
+        """One warning line for each value that is valid but probably not what was meant."""
+        if self.sparsity == 0.0 and "sparsity" not in get_method(self.method).forced:
+            log.warning("sparsity 0 keeps every weight: %s trains a dense network (for the dense "
+                        "baseline use --method dense)", self.method)
+        if self.warmup_epochs and self.warmup_epochs >= self.total_epochs:
+            log.warning("warmup_epochs %g is not shorter than training (%d epoch%s): the learning rate "
+                        "never reaches lr=%g", self.warmup_epochs, self.total_epochs,
+                        "" if self.total_epochs == 1 else "s", self.lr)
 
 
 @dataclass(frozen=True)
@@ -282,6 +365,8 @@ class Key:
         rank: Order of its part in sweep run names (lower first; ties in config order).
         words: Words standing for values, e.g. ``{"never": None}``.
         sparse: Whether the key belongs to :class:`~itop.methods.SparseConfig`.
+        midrun: ``True`` when a resumed run can apply a new value from the resume step, else
+            why it cannot (``None``: not declared, so it cannot).
     """
 
     name: str
@@ -292,6 +377,15 @@ class Key:
     rank: int = 50
     words: Mapping[str, Any] = field(default_factory=dict)
     sparse: bool = False
+    midrun: bool | str | None = None
+
+    def fixed_reason(self) -> str | None:
+        """Why this key cannot take a new value when a run resumes (``None``: it can)."""
+        if self.role == CONTROL or self.midrun is True:
+            return None
+        if self.role == IDENTITY:
+            return "it defines which run this is"
+        return self.midrun if isinstance(self.midrun, str) else "it declares no way to change during a run"
 
 
 def _schema() -> dict[str, Key]:
@@ -305,12 +399,13 @@ def _schema() -> dict[str, Key]:
                     continue
                 meta = s.metadata
                 out[s.name] = Key(s.name, str(s.type), None, meta.get("role", SETTING), meta.get("label"),
-                                  meta.get("rank", 50), dict(meta.get("words", {})), sparse=True)
+                                  meta.get("rank", 50), dict(meta.get("words", {})), sparse=True,
+                                  midrun=meta.get("midrun"))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         meta = f.metadata
         out[f.name] = Key(f.name, str(f.type), default, meta.get("role", SETTING), meta.get("label"),
-                          meta.get("rank") if meta.get("rank") is not None else 50)
+                          meta.get("rank") if meta.get("rank") is not None else 50, midrun=meta.get("midrun"))
     return out
 
 
@@ -364,9 +459,15 @@ _CHECKS = {
 def coerce_value(name: str, value: Any) -> Any:
     """Type-check one config value against its key (ints given for floats are fine)."""
     spec = KEYS[name]
+    if value is None and not spec.sparse and "None" not in spec.type:
+        default = "" if spec.default is None else f" (default {spec.default!r})"
+        raise ConfigError(f"config key '{name}' cannot be null: give a value of type {spec.type}{default}, "
+                          "or leave it out")
     if value is None or (isinstance(value, str) and value in spec.words):
         return value
     kind = spec.type
+    if kind == "list[str]" and isinstance(value, str):  # --resume-override lr,grad_clip
+        return [v.strip() for v in value.split(",") if v.strip()]
     if kind.startswith("float") and not isinstance(value, bool):
         if isinstance(value, int):
             return float(value)
@@ -429,6 +530,33 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         values[check_key(name, "the overrides")] = value
     values = {k: coerce_value(k, v) for k, v in values.items()}
     return RunConfig.from_flat(values).validate()
+
+
+def resume_changes(saved: Mapping[str, Any], current: RunConfig) -> tuple[dict[str, tuple[Any, Any]],
+                                                                         dict[str, tuple[Any, Any]]]:
+    """How ``current`` differs from the config a checkpoint was written with.
+
+    Args:
+        saved: The resolved config stored in the checkpoint (or, in checkpoints written before
+            it was stored, the flat config, resolved here with today's method presets).
+        current: The config of the run that resumes.
+
+    Returns:
+        ``(identity, settings)``: the changed identity keys and the changed settings, each as
+        ``key -> (saved value, current value)``, compared as resolved (method presets filled in,
+        so a preset that changed between itop versions counts as a change). Control keys and keys
+        the checkpoint does not know (added to itop after it was written) are left out.
+    """
+    known = {k: v for k, v in saved.items() if k in KEYS}
+    old = RunConfig.from_flat(known).resolved()  # a resolved config resolves to itself
+    new = current.resolved()
+    identity: dict[str, tuple[Any, Any]] = {}
+    settings: dict[str, tuple[Any, Any]] = {}
+    for k, spec in KEYS.items():
+        if k not in known or spec.role == CONTROL or old[k] == new[k]:
+            continue
+        (identity if spec.role == IDENTITY else settings)[k] = (old[k], new[k])
+    return identity, settings
 
 
 def read_yaml(path: Path, what: str) -> Any:

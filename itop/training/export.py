@@ -46,8 +46,7 @@ def export_checkpoint(path: str | Path, out: str | Path, data_dir: str | None = 
     if not masks and not sparse_layers(model):
         raise ConfigError(f"{path} is a run without sparse layers (method {cfg.method}, sparsity "
                           f"{sp.actual_sparsity():.3g}): there is nothing to compress; export a sparse run")
-    rebuild = {"name": cfg.model, "in_channels": data.in_channels, "num_classes": data.num_classes,
-               "image_size": data.image_size, "kwargs": dict(cfg.model_args)}
+    rebuild = {"name": cfg.model, "shape": data.model_shape(), "kwargs": dict(cfg.model_args)}
     meta = {"config": cfg.to_dict(), "method": cfg.method, "execution": sp.execution,
             "sparsity": sp.actual_sparsity(), "itop_rate": sp.itop_rate(),
             "epoch": state.get("epoch"), "source": str(path)}

@@ -1,13 +1,15 @@
 """Factories: config values -> library objects, through registries (never if-chains on names).
 
 Each choice a run config makes by name is a :class:`~itop.registry.Registry` here: optimizers,
-learning-rate schedules, mixed-precision modes and progress modes. A new optimizer is one
+learning-rate schedules and mixed-precision modes (progress modes live with the progress
+display, tasks with :mod:`~itop.training.tasks`). A new optimizer is one
 ``OPTIMIZERS.register`` call; the config validates against the same registry, so it is a flag
 at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from ..models import build_model
 from ..registry import Registry
 from ..sparsifier import Sparsifier
 from .config import RunConfig
+from .progress import PROGRESS_MODES
+from .tasks import Task, make_task
 
 __all__ = [
     "AMP_MODES",
@@ -31,12 +35,17 @@ __all__ = [
     "OPTIMIZERS",
     "PROGRESS_MODES",
     "AmpMode",
+    "InputSpec",
+    "float_dtype",
+    "input_spec",
     "lr_lambda",
     "make_amp",
     "make_data",
     "make_model",
     "make_optimizer",
     "make_sparsifier",
+    "make_task_for",
+    "no_sync",
     "resolve_device",
     "wrap_model",
 ]
@@ -56,12 +65,13 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 def make_optimizer(cfg: RunConfig, model: nn.Module, world: int = 1) -> torch.optim.Optimizer:
     """The config's optimizer; optionally no weight decay on norms and biases.
 
-    ``batch_size`` is per process; with ``lr_reference_batch`` the learning rate follows the
-    linear scaling rule ``lr * batch_size * world / lr_reference_batch``.
+    ``batch_size`` is per process and micro-batch; with ``lr_reference_batch`` the learning
+    rate follows the linear scaling rule ``lr * global_batch / lr_reference_batch``, where the
+    global batch of one optimizer step is ``batch_size * accumulate * world``.
     """
     lr = cfg.lr
     if cfg.lr_reference_batch:
-        lr = cfg.lr * cfg.batch_size * world / cfg.lr_reference_batch
+        lr = cfg.lr * cfg.batch_size * cfg.accumulate * world / cfg.lr_reference_batch
     decay, no_decay = [], []
     for module in model.modules():
         is_norm = isinstance(module, _NORMS)
@@ -108,7 +118,7 @@ def lr_lambda(cfg: RunConfig, total_steps: int, steps_per_epoch: int) -> Callabl
     return factor
 
 
-# -- mixed precision, progress -------------------------------------------------------------------
+# -- mixed precision ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -123,11 +133,6 @@ AMP_MODES: Registry[AmpMode] = Registry("amp mode")
 AMP_MODES.register("none", AmpMode(None))
 AMP_MODES.register("bf16", AmpMode(torch.bfloat16))
 AMP_MODES.register("fp16", AmpMode(torch.float16, scaler=True))
-
-#: ``progress`` values: whether a progress bar is drawn (``auto``: on a terminal outside CI).
-PROGRESS_MODES: Registry[str] = Registry("progress mode")
-for _mode in ("auto", "bar", "lines", "none"):
-    PROGRESS_MODES.register(_mode, _mode)
 
 
 # -- devices, data, model, sparsifier ------------------------------------------------------------
@@ -149,20 +154,46 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_data(cfg: RunConfig) -> DatasetSplits:
-    """The dataset's train / val / test splits."""
+    """The dataset's train / val / test splits (options: ``data_args`` and ``data_file``)."""
     return load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.download, augment=cfg.augment,
-                        **cfg.data_args)
+                        **cfg.dataset_options())
 
 
-def input_shape(data: DatasetSplits) -> tuple[int, ...]:
-    """The shape of one input (without the batch dimension)."""
-    return (data.in_channels, data.image_size, data.image_size)
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of the dataset, without the batch dimension: for the FLOP profile and SynFlow.
+
+    Attributes:
+        shape: ``(C, H, W)`` for images, ``(block_size,)`` for token sequences.
+        dtype: ``torch.long`` for token ids; ``None`` for images (the model's float dtype).
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None = None
+
+
+def input_spec(data: DatasetSplits) -> InputSpec:
+    """The shape and dtype of one input of ``data`` (token ids when it has a vocabulary)."""
+    if data.vocab_size:
+        return InputSpec((data.block_size,), torch.long)
+    return InputSpec((data.in_channels, data.image_size, data.image_size))
+
+
+def float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (what floating inputs are cast
+    to, so a float64 model takes the float32 batches of a dataset)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 
 def make_model(cfg: RunConfig, data: DatasetSplits) -> nn.Module:
-    """The config's model for the dataset's input shape and class count."""
-    return build_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes,
-                       image_size=data.image_size, **cfg.model_args)
+    """The config's model for the dataset's shape (``data.model_shape()``: class count and image
+    geometry, or vocabulary size and context length) and the config's ``model_args``."""
+    return build_model(cfg.model, **data.model_shape(), **cfg.model_args)
+
+
+def make_task_for(cfg: RunConfig, data: DatasetSplits) -> Task:
+    """The dataset's task (classification, language model), with the run's label smoothing."""
+    return make_task(data.task, cfg.label_smoothing)
 
 
 def wrap_model(cfg: RunConfig, model: nn.Module, device: torch.device) -> nn.Module:
@@ -174,6 +205,15 @@ def wrap_model(cfg: RunConfig, model: nn.Module, device: torch.device) -> nn.Mod
     return torch.compile(net) if cfg.compile else net
 
 
+def no_sync(net: nn.Module) -> contextlib.AbstractContextManager:
+    """A context in which backward passes of ``net`` skip DDP's gradient all-reduce (for every
+    micro-batch of an accumulation group but the last); a no-op without DDP."""
+    ddp = getattr(net, "_orig_mod", net)  # under torch.compile
+    if isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return ddp.no_sync()
+    return contextlib.nullcontext()
+
+
 def make_amp(cfg: RunConfig, device: torch.device) -> tuple[Callable[[], Any] | None, Any]:
     """``(autocast context factory or None, GradScaler or None)`` for the config's ``amp``."""
     amp = AMP_MODES.lookup(cfg.amp)
@@ -182,8 +222,14 @@ def make_amp(cfg: RunConfig, device: torch.device) -> tuple[Callable[[], Any] | 
 
 
 def make_sparsifier(cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    total_steps: int, shape: tuple[int, ...], *, batches: list | None = None,
-                    masks: dict[str, torch.Tensor] | None = None, config: Any = None) -> Sparsifier:
-    """The run's sparsifier (``config``: a SparseConfig other than the run's, e.g. an IMP round)."""
+                    total_steps: int, inputs: InputSpec, *, task: Task | None = None,
+                    batches: list | None = None, masks: dict[str, torch.Tensor] | None = None,
+                    config: Any = None) -> Sparsifier:
+    """The run's sparsifier (``config``: a SparseConfig other than the run's, e.g. an IMP round).
+
+    ``inputs`` gives SynFlow its input (token ids for a language model) and ``task`` gives SNIP
+    and GraSP the run's loss.
+    """
     return from_config(config or cfg.sparse_config(), model, optimizer, total_steps,
-                       batches=batches, input_shape=shape, masks=masks)
+                       batches=batches, input_shape=inputs.shape, input_dtype=inputs.dtype,
+                       loss_fn=task.loss if task is not None else None, masks=masks)

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..lottery import IterativeMagnitudePruning
 from .config import RunConfig, dump_config
+from .progress import StepInfo
 from .trainer import Trainer
 
 __all__ = ["train_imp"]
@@ -25,7 +26,7 @@ __all__ = ["train_imp"]
 log = logging.getLogger(__name__)
 
 
-def train_imp(cfg: RunConfig, on_step: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+def train_imp(cfg: RunConfig, on_step: Callable[[StepInfo], None] | None = None) -> dict[str, Any]:
     """Train every round of iterative magnitude pruning with rewinding; returns the summary."""
     sc = cfg.sparse_config()
     imp = IterativeMagnitudePruning(cfg.sparsity, sc.rounds, sc.rewind_step, sc)

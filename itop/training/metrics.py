@@ -95,6 +95,7 @@ def make_summary(
     flops: Mapping[str, Any] | None,
     wall_time_s: float | None,
     run_dir: str,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """The content of ``summary.json``, in its documented key order.
 
@@ -112,7 +113,12 @@ def make_summary(
         flops: :func:`itop.flops.summarize` of the run (``None`` when unknown).
         wall_time_s: Seconds of training.
         run_dir: The run folder.
+        task: The run's task (:mod:`~itop.training.tasks`; ``None``: unknown); its metrics
+            derived from the test loss follow the accuracies (a language model:
+            ``final_test_perplexity``, ``test_perplexity_selected``, ``..._bits_per_token``).
     """
+    from .tasks import TASKS
+
     best = best or {}
     last_eval = last_eval or {}
     best_val = best.get("val_acc")
@@ -127,6 +133,9 @@ def make_summary(
         "test_acc_selected": best.get("test_acc"),
         "final_val_acc": last_eval.get("val_acc"),
         "final_test_acc": last_eval.get("test_acc"),
+        "task": task,
+        "test_loss_selected": best.get("test_loss"),
+        "final_test_loss": last_eval.get("test_loss"),
         "sparsity": exploration.get("sparsity"),
         "itop_rate": exploration.get("itop_rate"),
         "reliable_itop_rate": exploration.get("reliable_itop_rate"),
@@ -137,6 +146,15 @@ def make_summary(
         "update_interval": update_interval,
         "batch_size": config.get("batch_size"), "multiplier": config.get("multiplier"),
     }
+    if task is not None:  # the task's derived metrics, after the test loss
+        derive = TASKS.lookup(task)().derived
+        extra: dict[str, Any] = {}
+        for which, loss in (("selected", best.get("test_loss")), ("final", last_eval.get("test_loss"))):
+            for k, v in (derive(loss) if loss is not None else {}).items():
+                extra[f"test_{k}_selected" if which == "selected" else f"final_test_{k}"] = v
+        keys = list(out)
+        at = keys.index("final_test_loss") + 1
+        out = {**{k: out[k] for k in keys[:at]}, **extra, **{k: out[k] for k in keys[at:]}}
     out.update(flops or {})
     out["wall_time_s"] = wall_time_s
     out["run_dir"] = run_dir
@@ -166,6 +184,7 @@ def summary_from_records(folder: Path, config: Mapping[str, Any], epochs: Sequen
         },
         update_interval=meaning("update_interval", config.get("update_interval")),
         flops=None, wall_time_s=wall or None, run_dir=str(folder),
+        task=next((e["task"] for e in reversed(epochs) if "task" in e), None),
     )
 
 

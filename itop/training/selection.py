@@ -22,12 +22,16 @@ def is_better(record: Mapping[str, Any], best: Mapping[str, Any] | None) -> bool
 
 
 def selection(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What a run keeps of its selected epoch: epoch, validation and test accuracy.
+    """What a run keeps of its selected epoch: epoch, validation and test accuracy, and the test
+    loss when recorded (a language model's perplexity derives from it).
 
     ``val_acc`` is ``-inf`` without a validation set (so any later epoch replaces it).
     """
-    return {"epoch": record["epoch"], "val_acc": record.get("val_acc", float("-inf")),
+    kept = {"epoch": record["epoch"], "val_acc": record.get("val_acc", float("-inf")),
             "test_acc": record["test_acc"]}
+    if "test_loss" in record:
+        kept["test_loss"] = record["test_loss"]
+    return kept
 
 
 def select_best(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:

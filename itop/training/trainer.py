@@ -15,13 +15,30 @@ into one run folder::
 A run interrupted at any point and resumed (``resume="auto"``) finishes bit-identical to one
 never interrupted (on CPU, same thread count): checkpoints hold the model, optimizer, LR
 scheduler, sparsifier, FLOP counters, every RNG state and the position inside the epoch.
+
+A run never loses what it had and never claims what it did not do:
+
+* ``resume="auto"`` takes the newest checkpoint that loads and matches its checksum; when the run
+  has checkpoints (or results) but none is usable it refuses, changing nothing, unless the user
+  asks to start over (``resume="restart"``).
+* Resuming with changed settings is refused (one line listing them) unless each is named in
+  ``resume_override`` and can change mid-run (its ``midrun`` in the schema); then the new values
+  are applied from the resume step, written to ``config.yaml`` and recorded in ``metrics.jsonl``
+  as a ``{"type": "resume", ...}`` record at that step.
+* SIGINT and SIGTERM (what SLURM and Kubernetes send before killing a job) stop the run after the
+  current step with a checkpoint of that step, then raise :class:`~itop.errors.Interrupted`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import random
-from collections.abc import Callable
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,33 +48,38 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, Interrupted
 from ..flops import TrainingFlops, dense_gradient_policy, profile_model, summarize
 from ..methods import SparseConfig
 from ..sparsifier import Sparsifier
 from .checkpoint import (
     checkpoint_path,
+    find_checkpoints,
     load_checkpoint,
     load_latest,
     prune_checkpoints,
+    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from .config import IDENTITY, KEYS, RunConfig, dump_config
+from .config import KEYS, RunConfig, dump_config, resume_changes
 from .factories import (
-    input_shape,
+    float_dtype,
+    input_spec,
     lr_lambda,
     make_amp,
     make_data,
     make_model,
     make_optimizer,
     make_sparsifier,
+    make_task_for,
     resolve_device,
     wrap_model,
 )
 from .loop import train
 from .metrics import MetricsLog, make_summary, write_summary
+from .progress import StepInfo
 from .selection import is_better, selection
 
 __all__ = ["CHECKPOINT_FORMAT", "Trainer"]
@@ -65,7 +87,14 @@ __all__ = ["CHECKPOINT_FORMAT", "Trainer"]
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "itop-run-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: progress holds the last evaluated epoch
+CHECKPOINT_VERSION = 3  # 2: progress holds the last evaluated epoch; 3: the resolved config
+
+#: Signals that stop a run gracefully: a checkpoint at the current step, then ``Interrupted``.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# What --resume PATH errors advise.
+_RESUME_FIX = ("resume from another checkpoint of the run (its checkpoints/ folder), or use --resume auto "
+               "to take the newest good one")
 
 
 @dataclass
@@ -73,7 +102,7 @@ class Progress:
     """Where a run is: everything a checkpoint needs besides the objects' own state dicts."""
 
     epoch: int = 0
-    batch: int = 0  # next batch index inside ``epoch``
+    batch: int = 0  # next (micro-)batch index inside ``epoch``
     step: int = 0
     elapsed: float = 0.0
     loss_sum: float = 0.0
@@ -88,8 +117,8 @@ class Trainer:
 
     Args:
         cfg: A validated run config.
-        on_step: Optional ``fn(epoch, batch, steps_per_epoch)`` called after every step
-            (the CLI draws its progress bar with it).
+        on_step: Optional ``fn(StepInfo)`` called after every optimizer step (the CLI's
+            progress display, :mod:`~itop.training.progress`).
         masks: Initial masks (IMP rounds).
         init_state: Model weights loaded before training (IMP rewinding).
         capture_step: Keep the weights at this step (and write ``rewind.pt``), for IMP.
@@ -99,7 +128,7 @@ class Trainer:
     def __init__(
         self,
         cfg: RunConfig,
-        on_step: Callable[[int, int, int], None] | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
         *,
         masks: dict[str, torch.Tensor] | None = None,
         init_state: dict[str, torch.Tensor] | None = None,
@@ -131,7 +160,9 @@ class Trainer:
         eval_bs = max(cfg.batch_size, 256)
         self.val_loader = self._eval_loader("val", eval_bs) if self.data.val is not None else None
         self.test_loader = self._eval_loader("test", eval_bs)
-        self.steps_per_epoch = len(self.train_loader)
+        self.batches_per_epoch = len(self.train_loader)
+        # Optimizer steps: one per group of ``accumulate`` micro-batches (a short last group too).
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accumulate)
         self.epochs = cfg.total_epochs
         self.total_steps = self.epochs * self.steps_per_epoch
 
@@ -144,12 +175,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg, self.total_steps, self.steps_per_epoch))
         self.sparse_config = sparse_config or cfg.sparse_config()
-        shape = input_shape(self.data)
+        self.task = make_task_for(cfg, self.data)
+        self.input_dtype = float_dtype(self.model)
+        inputs = input_spec(self.data)
         # Dense FLOPs per layer, profiled before the sparsifier (execution: sparse replaces the
         # linear layers by sparse ones, whose products the FLOP counter does not see).
-        self.flop_profile = profile_model(self.model, shape)
+        self.flop_profile = profile_model(self.model, inputs.shape, dtype=inputs.dtype)
         self.sparsifier: Sparsifier = make_sparsifier(
-            cfg, self.model, self.optimizer, self.total_steps, shape,
+            cfg, self.model, self.optimizer, self.total_steps, inputs, task=self.task,
             batches=self._init_batches(), masks=masks, config=self.sparse_config,
         )
         self.net: nn.Module = wrap_model(cfg, self.model, self.device)  # what the loop calls
@@ -159,10 +192,17 @@ class Trainer:
         self.captured: dict[str, torch.Tensor] | None = None
         self.flops = TrainingFlops(self.flop_profile)
         self.dense_gradient = dense_gradient_policy(self.sparsifier.grow)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.progress = Progress()
         self.densities = self.layer_densities()
         self.last_checkpoint: Path | None = None
+        self._saved_step: int | None = None  # the step of the last checkpoint (every rank)
+        self._stop_signal: int | None = None  # the signal asking this process to stop
+        self._stopping = False  # every rank agreed to stop (see stop_requested)
+        self._saving = False
+        # The optimizer's hyperparameters as this config makes them, before a checkpoint's
+        # replace them: a resume re-applies them (see _apply_config).
+        self._config_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self._warn_about_data()
 
     # -- pieces the loop uses ------------------------------------------------------------------
 
@@ -186,9 +226,24 @@ class Trainer:
     def layer_densities(self) -> dict[str, float]:
         return {s.name: s.density for s in self.sparsifier.layer_stats()}
 
+    def _warn_about_data(self) -> None:
+        n = self.train_loader.num_samples
+        if self.cfg.batch_size > n:
+            log.warning("batch_size %d is larger than the training set (%d samples%s): every epoch is one "
+                        "batch of %d; lower --batch-size", self.cfg.batch_size, n,
+                        " on this rank" if self.world > 1 else "", n)
+
     def stop_requested(self) -> bool:
-        """Whether the loop stops before the end of training (``max_steps`` reached)."""
-        return self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps
+        """Whether the loop stops now: ``max_steps`` reached, or a stop signal (on any rank)."""
+        if self.cfg.max_steps is not None and self.progress.step >= self.cfg.max_steps:
+            return True
+        if distributed.is_distributed():  # all ranks must stop at the same step
+            flag = torch.tensor([0.0 if self._stop_signal is None else 1.0], device=self.device)
+            distributed.all_reduce_sum_(flag)
+            self._stopping = bool(flag.item() > 0)
+        else:
+            self._stopping = self._stop_signal is not None
+        return self._stopping
 
     def capture(self) -> None:
         """Keep (and write to ``rewind.pt``) the weights at ``capture_step``, for IMP rewinding."""
@@ -209,7 +264,7 @@ class Trainer:
     def select(self, record: dict[str, Any]) -> None:
         """Keep an evaluated epoch as the last evaluation and, if it is the best, as selected."""
         p = self.progress
-        p.last_eval = {k: record[k] for k in ("val_acc", "test_acc") if k in record}
+        p.last_eval = {k: record[k] for k in ("val_acc", "test_acc", "test_loss") if k in record}
         if is_better(record, p.best):
             p.best = selection(record)
             if self.is_main:
@@ -226,6 +281,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "config": self.cfg.to_dict(),
+            "resolved_config": self.cfg.resolved(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -243,9 +299,14 @@ class Trainer:
         p = self.progress
         sums = torch.tensor([p.loss_sum, p.correct, p.seen], dtype=torch.float64, device=self.device)
         distributed.all_reduce_sum_(sums)
+        self._saved_step = p.step
         if not self.is_main:
             return None
-        path = save_checkpoint(self._checkpoint_state(sums.tolist()), checkpoint_path(self.ckpt_dir, p.step))
+        self._saving = True
+        try:
+            path = save_checkpoint(self._checkpoint_state(sums.tolist()), checkpoint_path(self.ckpt_dir, p.step))
+        finally:
+            self._saving = False
         prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
         self.last_checkpoint = path
         return path
@@ -253,14 +314,7 @@ class Trainer:
     def _restore(self, state: dict[str, Any], source: Path) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{source} is not an itop training checkpoint")
-        saved = RunConfig.from_flat({k: v for k, v in state["config"].items() if k in KEYS})
-        diff = [k for k, spec in KEYS.items() if spec.role == IDENTITY and saved.get(k) != self.cfg.get(k)]
-        if diff:
-            detail = ", ".join(f"{k}={saved.get(k)!r} (now {self.cfg.get(k)!r})" for k in diff)
-            raise CheckpointError(
-                f"checkpoint {source} belongs to another run: {detail}; use the same settings "
-                "or start a new run with --name"
-            )
+        changes = self._check_contract(state, source)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -287,10 +341,67 @@ class Trainer:
             self.progress.batch = (p["batch"] * saved_world) // self.world
             log.warning("checkpoint was written by %d ranks, resuming on %d: the epoch continues "
                         "from batch %d", saved_world, self.world, self.progress.batch)
+        self._apply_config()
         self.densities = self.layer_densities()
         self.metrics.truncate(state["metrics_offset"])
         self.last_checkpoint = source
+        self._saved_step = self.progress.step
         log.info("resumed from %s (epoch %d, step %d)", source, self.progress.epoch + 1, self.progress.step)
+        if changes:
+            self.metrics.write({"type": "resume", "epoch": self.progress.epoch + 1, "step": self.progress.step,
+                                "checkpoint": str(source),
+                                "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}})
+            log.warning("resumed with %s from step %d", _changes_text(changes), self.progress.step)
+
+    def _check_contract(self, state: dict[str, Any], source: Path) -> dict[str, tuple[Any, Any]]:
+        """The settings this resume changes, all of them asked for and applicable; else refuse."""
+        saved = state.get("resolved_config") or state.get("config") or {}
+        identity, changes = resume_changes(saved, self.cfg)
+        if identity:
+            detail = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in identity.items())
+            raise CheckpointError(
+                f"checkpoint {source} belongs to another run: {detail}; use the same settings "
+                "or start a new run with --name"
+            )
+        asked = set(self.cfg.resume_override)
+        refused = {k: v for k, v in changes.items() if k not in asked}
+        if refused:
+            keys = ",".join(refused)
+            raise CheckpointError(
+                f"resuming from {source} would change {_changes_text(refused)}; drop those flags to "
+                f"continue with the saved values, or apply the change from step {state['progress']['step']} "
+                f"with --resume-override {keys}"
+            )
+        fixed = {k: KEYS[k].fixed_reason() for k in changes if KEYS[k].fixed_reason()}
+        if fixed:
+            why = "; ".join(f"{k} cannot change during a run: {reason}" for k, reason in fixed.items())
+            raise CheckpointError(f"{why}; keep the saved value{'s' if len(fixed) > 1 else ''} or start a new "
+                                  "run with --name")
+        unchanged = sorted(asked - set(changes))
+        if unchanged:
+            log.warning("resume_override names %s, which %s not change (the checkpoint has the same values)",
+                        ", ".join(unchanged), "does" if len(unchanged) == 1 else "do")
+        return changes
+
+    def _apply_config(self) -> None:
+        """Make the optimizer and LR schedule follow this run's config after a checkpoint is loaded.
+
+        ``Optimizer.load_state_dict`` brings back the hyperparameters it was saved with and
+        ``LambdaLR`` its base learning rates; everything else (the schedule's function, the
+        sparsifier's schedules and criteria, clipping, the loss) is built from this config. So the
+        hyperparameters this config sets are put back, and the learning rate of the current step
+        is computed from them as the scheduler would. Exact when nothing changed; the new values
+        when ``resume_override`` allowed a change.
+        """
+        sched = self.scheduler
+        for group, made in zip(self.optimizer.param_groups, self._config_groups, strict=True):
+            for k, v in made.items():
+                if k != "lr":
+                    group[k] = v
+        sched.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _last_eval_on_disk(self, state: dict[str, Any]) -> dict[str, Any]:
         """The last evaluation of a version-1 checkpoint (which did not hold it): from metrics."""
@@ -306,29 +417,90 @@ class Trainer:
                     last = {k: rec[k] for k in ("val_acc", "test_acc") if k in rec}
         return last
 
+    # -- the run folder ------------------------------------------------------------------------
+
+    def _results(self) -> list[str]:
+        """What this run folder holds that a fresh start would lose (file names)."""
+        found = [f.name for f in (self.run_dir / "summary.json", self.run_dir / "best.pt") if f.is_file()]
+        if self.metrics_path.is_file() and self.metrics_path.stat().st_size:
+            found.append("metrics.jsonl")
+        if find_checkpoints(self.ckpt_dir):
+            found.append("checkpoints/")
+        return found
+
     def _start_fresh(self) -> None:
-        if self.is_main and (self.metrics_path.exists() or (self.run_dir / "summary.json").exists()):
+        if self.is_main and self._results():
             raise ConfigError(
-                f"run folder {self.run_dir} already has results; use --resume auto to continue "
-                "it, or --name/--out-dir for a new run"
+                f"run folder {self.run_dir} already has results ({', '.join(self._results())}); use "
+                "--resume auto to continue it, --resume restart to start it over (deleting them), or "
+                "--name/--out-dir for a new run"
             )
 
+    def _restart(self) -> None:
+        """Start over: delete what earlier attempts of this run wrote (the user asked for it)."""
+        if not self.is_main:
+            return
+        for name in ("metrics.jsonl", "summary.json", "best.pt", "rewind.pt", "config.yaml"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        for path in find_checkpoints(self.ckpt_dir):
+            path.unlink(missing_ok=True)
+        if (self.run_dir / "tb").is_dir():
+            shutil.rmtree(self.run_dir / "tb", ignore_errors=True)
+        log.info("starting %s over (--resume restart): its earlier results were deleted", self.run_dir)
+
     def _resume_latest(self) -> None:
-        found = load_latest(self.ckpt_dir, map_location=self.device)
-        if found is None:
-            log.info("no checkpoint in %s; starting from scratch", self.ckpt_dir)
-            if self.is_main and self.metrics_path.exists():
-                self.metrics_path.unlink()
-        else:
+        failures: list[CheckpointError] = []
+        found = load_latest(self.ckpt_dir, map_location=self.device, failures=failures)
+        if found is not None:
             self._restore(found[1], found[0])
+            return
+        if failures:
+            raise CheckpointError(
+                f"no checkpoint of {self.run_dir} is usable ({len(failures)} found, all damaged; the newest: "
+                f"{str(failures[0]).split('; trying')[0]}); nothing was changed: start the run over with "
+                "--resume restart (deletes its results) or resume from a copy of a good checkpoint"
+            )
+        epochs = self._epochs_on_disk()
+        results = [r for r in self._results() if r != "metrics.jsonl" or epochs]
+        if self.is_main and results:
+            raise CheckpointError(
+                f"run folder {self.run_dir} has results ({', '.join(results)}) but no checkpoint to "
+                "resume from; nothing was changed: start the run over with --resume restart (deletes "
+                "them), or use --name/--out-dir for a new run"
+            )
+        # Nothing to lose: at most the update records of a first epoch that never reached a
+        # checkpoint, which starting from scratch writes again.
+        log.info("no checkpoint in %s; starting from scratch", self.ckpt_dir)
+        self.metrics.truncate(0)
+
+    def _epochs_on_disk(self) -> bool:
+        """Whether metrics.jsonl holds an epoch record (an epoch ended, so a checkpoint existed)."""
+        if not self.metrics_path.is_file():
+            return False
+        with self.metrics_path.open(errors="replace") as f:
+            return any('"type": "epoch"' in line for line in f)
 
     def _resume_from(self, path: str) -> None:
-        self._restore(load_checkpoint(Path(path), map_location=self.device), Path(path))
+        source = Path(path)
+        if source.is_dir():
+            inside = find_checkpoints(source / "checkpoints") or find_checkpoints(source)
+            example = f" (e.g. {inside[-1]})" if inside else ""
+            raise CheckpointError(
+                f"--resume {path} is a folder: --resume takes a checkpoint file{example}, or 'auto' for the "
+                "newest good checkpoint of the run named by --out-dir and --name"
+            )
+        self._restore(load_checkpoint(source, map_location=self.device, fix=_RESUME_FIX), source)
 
     def prepare_run_dir(self) -> None:
-        """Start the run fresh, or resume it (``resume``: none, ``auto`` or a checkpoint path)."""
+        """Start the run fresh, or resume it (``resume``: none, ``auto``, ``restart`` or a checkpoint).
+
+        Temporary files left by a checkpoint write that was killed are removed first.
+        """
+        if self.is_main:
+            for folder in (self.run_dir, self.ckpt_dir):
+                remove_stale_temporaries(folder)
         modes = {None: self._start_fresh, "": self._start_fresh, "none": self._start_fresh,
-                 "auto": self._resume_latest}
+                 "auto": self._resume_latest, "restart": self._restart}
         resume = self.cfg.resume
         start = modes.get(resume)
         if start is not None:
@@ -336,22 +508,69 @@ class Trainer:
         else:
             self._resume_from(resume)
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create run folder {self.run_dir}: {e.strerror}; choose another "
+                                  "--out-dir or --name") from None
             dump_config(self.resolved_config(), self.run_dir / "config.yaml")
         distributed.barrier()
 
     def resolved_config(self) -> dict[str, Any]:
+        """What ``config.yaml`` holds: the resolved config, without this invocation's resume keys."""
         out = self.cfg.resolved()
         out["resume"] = None
+        out["resume_override"] = []
         return out
 
     # -- the run -------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end (or ``max_steps``) and return the summary."""
-        self.prepare_run_dir()
-        train(self)
-        return self.finish()
+        """Train to the end (or ``max_steps``) and return the summary.
+
+        Raises:
+            Interrupted: SIGINT or SIGTERM arrived; the run stopped after the step it was in and
+                wrote a checkpoint of it (a second SIGINT stops at once, without one).
+        """
+        with self._stop_on_signals():  # a signal after the last step changes nothing: the run is done
+            self.prepare_run_dir()
+            train(self)
+            if self._stopping and self.progress.epoch < self.epochs:
+                self._stop()
+            return self.finish()
+
+    def _stop(self) -> None:
+        """Checkpoint the current step (unless a checkpoint of it exists) and raise Interrupted."""
+        if self._saved_step != self.progress.step:
+            self.save()
+        self.metrics.close()
+        path = self.last_checkpoint if self.is_main else None
+        raise Interrupted(self._stop_signal or signal.SIGTERM, self.progress.step,
+                          str(path) if path is not None else None)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM ask the loop to stop after the current step."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            log.warning("%s received: stopping after this step with a checkpoint (a second SIGINT stops "
+                        "at once)", name)
+        elif signum == signal.SIGINT and not self._saving:
+            raise KeyboardInterrupt
+        else:
+            log.info("%s received again: already stopping", name)
 
     def summary(self) -> dict[str, Any]:
         """The run's summary now (see :func:`itop.training.metrics.make_summary`)."""
@@ -359,6 +578,7 @@ class Trainer:
         stats = self.sparsifier.stats(per_layer=False)
         return make_summary(
             run=self.cfg.run_name(), config={**self.cfg.resolved(), "sparsity": self.sparse_config.sparsity},
+            task=self.task.name,
             epochs=self.epochs, steps=p.step, completed=p.epoch >= self.epochs,
             best=p.best, last_eval=p.last_eval,
             exploration={
@@ -378,3 +598,8 @@ class Trainer:
             write_summary(summary, self.run_dir / "summary.json")
         self.metrics.close()
         return summary
+
+
+def _changes_text(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``lr 0.1 -> 0.5, distribution 'erk' -> 'uniform'``."""
+    return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())

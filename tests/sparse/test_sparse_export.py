@@ -10,7 +10,7 @@ from itop.errors import CheckpointError, ConfigError
 from itop.models import build_model
 from itop.sparse import SparseLinear, export_model, load_export, read_export, to_sparse_linear
 
-REBUILD = {"name": "mlp", "in_channels": 1, "num_classes": 10, "image_size": 8,
+REBUILD = {"name": "mlp", "shape": {"in_channels": 1, "num_classes": 10, "image_size": 8},
            "kwargs": {"hidden": [128, 64]}}
 
 

@@ -1,7 +1,16 @@
+import logging
+
 import pytest
 
 from itop.errors import ConfigError
-from itop.training.config import RunConfig, load_config, parse_overrides
+from itop.training.config import (
+    KEYS,
+    SETTING,
+    RunConfig,
+    load_config,
+    parse_overrides,
+    resume_changes,
+)
 
 
 def test_overrides_parse_yaml_scalars_and_dashes():
@@ -113,12 +122,12 @@ def test_the_schema_declares_each_key_once():
     assert set(sparse_fields) - {k for k, s in KEYS.items() if s.sparse} == {"sparsity", "seed"}
     # Run identity and the keys a sweep ignores come from the roles, not from lists.
     assert {k for k, s in KEYS.items() if s.role == IDENTITY} == {
-        "model", "model_args", "dataset", "method", "sparsity", "batch_size", "epochs", "multiplier", "seed",
-        "execution"}
+        "model", "model_args", "dataset", "method", "sparsity", "batch_size", "accumulate", "epochs", "multiplier",
+        "seed", "execution"}
     assert {k for k, s in KEYS.items() if s.role == CONTROL} == {
         "threads", "out_dir", "name", "resume", "progress", "tensorboard", "max_steps",
         "checkpoint_every_steps", "keep_checkpoints", "eval_every", "device", "num_workers",
-        "data_dir", "download", "compile", "channels_last", "dist_backend"}
+        "data_dir", "download", "compile", "channels_last", "dist_backend", "resume_override"}
 
 
 def test_flat_round_trip_and_one_resolution():
@@ -137,6 +146,98 @@ def test_flat_round_trip_and_one_resolution():
         c.lr = 1.0
     with pytest.raises(ConfigError, match="did you mean 'drop_fraction'"):
         RunConfig.from_flat({"drop_fractoin": 0.1})
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"grad_clip": -1.0}, "grad_clip is the largest gradient norm let through and must be positive"),
+        ({"grad_clip": 0}, "must be positive, got 0"),
+        ({"lr": "nan"}, "lr must be a finite number, got nan"),  # --lr nan: YAML reads a string
+        ({"lr": float("inf")}, "lr must be a finite number"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
+        ({"warmup_epochs": float("nan")}, "warmup_epochs must be a finite number"),
+        ({"drop_fraction": float("nan")}, "drop_fraction must be a finite number"),
+        ({"momentum": -1}, r"momentum must be in \[0, 1\)"),
+        ({"momentum": 1.5}, r"momentum must be in \[0, 1\)"),
+        ({"lr_gamma": 0}, "lr_gamma must be a positive number"),
+        ({"sparsity": None}, "cannot be null"),
+        ({"epochs": None}, "'epochs' cannot be null: give a value of type int"),
+        ({"name": "../x"}, "must be a folder name inside out_dir"),
+        ({"name": "/tmp/x"}, "not an absolute path"),
+        ({"name": "a/../../b"}, "no '..'"),
+        ({"resume_override": "lr"}, "add --resume auto"),
+        ({"resume_override": "lrr", "resume": "auto"}, "unknown key 'lrr'; did you mean 'lr'"),
+    ],
+)
+def test_values_that_used_to_pass_or_crash(over, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, over)
+
+
+def test_the_same_values_in_yaml_files(tmp_path):
+    cases = {"sparsity: null": "cannot be null", "grad_clip: -1": "must be positive", "lr: .nan": "finite",
+             "momentum: -1": "momentum must be in", "name: ../x": "inside out_dir"}
+    for text, match in cases.items():
+        f = tmp_path / "c.yaml"
+        f.write_text(f"epochs: 1\n{text}\n")
+        with pytest.raises(ConfigError, match=match):
+            load_config(f)
+
+
+def test_a_run_folder_that_cannot_be_created_is_refused_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"cannot be created: .*file is a file, not a folder; choose another --out-dir"):
+        load_config(None, {"out_dir": str(tmp_path / "file" / "runs")})
+    with pytest.raises(ConfigError, match="is a file"):
+        load_config(None, {"out_dir": str(tmp_path), "name": "file/sub"})
+    assert load_config(None, {"out_dir": str(tmp_path / "new" / "deeper"), "name": "a/b"}).name == "a/b"
+
+
+def test_resume_override_reads_a_comma_list():
+    c = load_config(None, parse_overrides(["--resume", "auto", "--resume-override", "lr,grad_clip"]))
+    assert c.resume_override == ["lr", "grad_clip"]
+    assert load_config(None, {"resume": "auto", "resume_override": ["lr"]}).resume_override == ["lr"]
+
+
+def test_suspicious_values_warn_in_one_line(caplog):
+    with caplog.at_level(logging.WARNING, logger="itop.training.config"):
+        load_config(None, {"sparsity": 0.0})
+        load_config(None, {"method": "dense"})  # dense forces sparsity 0: nothing to say
+        load_config(None, {"epochs": 2, "warmup_epochs": 3})
+        load_config(None, {"epochs": 2, "warmup_epochs": 1})
+    lines = caplog.text.strip().splitlines()
+    assert len(lines) == 2
+    assert "sparsity 0 keeps every weight" in lines[0] and "--method dense" in lines[0]
+    assert "warmup_epochs 3 is not shorter than training (2 epochs)" in lines[1]
+
+
+def test_every_setting_says_whether_it_can_change_mid_run():
+    """A new setting must decide (in its field's metadata) whether a resume may apply a new value."""
+    undecided = [k for k, spec in KEYS.items() if spec.role == SETTING and spec.midrun is None]
+    assert undecided == []
+    assert KEYS["lr"].fixed_reason() is None and KEYS["grad_clip"].fixed_reason() is None
+    assert KEYS["drop_fraction"].fixed_reason() is None and KEYS["threads"].fixed_reason() is None
+    assert "initial masks" in KEYS["distribution"].fixed_reason() or "fixed when" in KEYS["distribution"].fixed_reason()
+    assert "optimizer" in KEYS["optimizer"].fixed_reason()
+    assert KEYS["sparsity"].fixed_reason() == "it defines which run this is"
+
+
+def test_resume_changes_compares_resolved_values():
+    saved = load_config(None, {"method": "rigl", "lr": 0.1})
+    same = load_config(None, {"method": "rigl", "lr": 0.1, "drop_fraction": 0.3, "threads": 1})
+    assert resume_changes(saved.to_flat(), same) == ({}, {})  # 0.3 is rigl's preset; threads is control
+    assert resume_changes(saved.resolved(), same) == ({}, {})
+    changed = load_config(None, {"method": "rigl", "lr": 0.5, "distribution": "uniform", "seed": 3})
+    identity, settings = resume_changes(saved.resolved(), changed)
+    assert identity == {"seed": (0, 3)}
+    assert settings == {"lr": (0.1, 0.5), "distribution": ("erk", "uniform")}
+    # A preset that changed since the checkpoint was written is a change too.
+    old = {**saved.resolved(), "drop_rounding": "ceil"}
+    assert resume_changes(old, same)[1] == {"drop_rounding": ("ceil", "floor")}
+    # Keys the checkpoint does not know (added later) are not compared.
+    assert resume_changes({k: v for k, v in saved.resolved().items() if k != "lr"}, changed)[1] == {
+        "distribution": ("erk", "uniform")}
 
 
 def test_model_and_data_options_are_checked_before_training():

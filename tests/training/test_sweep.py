@@ -1,6 +1,7 @@
 """Sweeps: expansion, validation before any run starts, running, skipping and resuming."""
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -194,16 +195,17 @@ def test_extreme_sparsity_study_runs_dense_once_per_model_and_seed():
 # -- running -----------------------------------------------------------------------------------
 
 
-def test_stop_interrupts_then_terminates_children():
+def test_stop_asks_children_to_stop_then_kills_them():
     polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     stubborn = subprocess.Popen([sys.executable, "-c",
-                                 "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                 "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "signal.signal(signal.SIGINT, signal.SIG_IGN); "
                                  "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
     stubborn.stdout.readline()
     start = time.monotonic()
     _stop({polite: None, stubborn: None}, grace=1.0)
     assert time.monotonic() - start < 10
-    assert polite.returncode is not None and stubborn.returncode is not None
+    assert polite.returncode == -signal.SIGTERM and stubborn.returncode == -signal.SIGKILL
     stubborn.stdout.close()
 
 

@@ -1,9 +1,11 @@
 import json
+import signal
+from pathlib import Path
 
 import pytest
 import torch
 
-from itop.errors import CheckpointError, ConfigError, DivergenceError
+from itop.errors import CheckpointError, ConfigError, DivergenceError, Interrupted
 from itop.training import Trainer, lr_lambda
 from itop.training.config import load_config
 
@@ -237,3 +239,63 @@ def test_imp_resumes_after_its_first_round(tmp_path):
                           resume="auto"))
     for key in ("test_acc_selected", "final_test_acc", "sparsity", "itop_rate"):
         assert again[key] == first[key], key
+
+
+# -- stop signals (issue 14) -----------------------------------------------------------------------
+
+
+def _signal_at(sig, epoch, batch, times=1):
+    import os
+
+    def on_step(info):
+        if (info.epoch, info.step) == (epoch, batch):
+            for _ in range(times):
+                os.kill(os.getpid(), sig)
+
+    return on_step
+
+
+def test_a_stop_signal_checkpoints_the_current_step_and_the_resume_is_exact(tmp_path):
+    sig = signal.SIGTERM  # SIGINT takes the same path (below)
+    straight = Trainer(cfg(tmp_path / "a"))
+    straight.fit()
+    spe = straight.steps_per_epoch
+    before = signal.getsignal(sig)
+
+    stopped = Trainer(cfg(tmp_path / "b"), on_step=_signal_at(sig, 1, 4))  # 4 steps into epoch 2
+    with pytest.raises(Interrupted) as e:
+        stopped.fit()
+    assert (e.value.signum, e.value.step, e.value.exit_code) == (sig, spe + 4, 128 + sig)
+    assert e.value.checkpoint == str(tmp_path / "b" / "run" / "checkpoints" / f"ckpt-step{spe + 4:09d}.pt")
+    assert signal.getsignal(sig) is before  # the handlers are put back
+    assert not (tmp_path / "b" / "run" / "summary.json").exists()
+
+    resumed = Trainer(cfg(tmp_path / "b", resume="auto"))
+    resumed.fit()
+    _same_run(straight, resumed)
+    assert metrics(tmp_path / "a" / "run") == metrics(tmp_path / "b" / "run")
+
+
+def test_sigint_stops_like_sigterm_and_a_second_one_stops_at_once(tmp_path):
+    t = Trainer(cfg(tmp_path, name="once"), on_step=_signal_at(signal.SIGINT, 0, 3))
+    with pytest.raises(Interrupted) as e:
+        t.fit()
+    assert (e.value.signum, e.value.step, e.value.exit_code) == (signal.SIGINT, 3, 130)
+    assert Path(e.value.checkpoint).name == "ckpt-step000000003.pt"
+    t = Trainer(cfg(tmp_path, name="twice"), on_step=_signal_at(signal.SIGINT, 0, 3, times=2))
+    with pytest.raises(KeyboardInterrupt) as e:
+        t.fit()
+    assert not isinstance(e.value, Interrupted) and not (tmp_path / "twice" / "checkpoints").exists()
+    t = Trainer(cfg(tmp_path, name="term"), on_step=_signal_at(signal.SIGTERM, 0, 3, times=2))
+    with pytest.raises(Interrupted) as e:
+        t.fit()
+    assert e.value.step == 3 and Path(e.value.checkpoint).is_file()
+
+
+def test_a_batch_larger_than_the_training_set_warns(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="itop.training.trainer"):
+        t = Trainer(cfg(tmp_path, batch_size=100000))
+    assert t.steps_per_epoch == 1
+    assert "batch_size 100000 is larger than the training set" in caplog.text and "lower --batch-size" in caplog.text

@@ -1,12 +1,14 @@
 """The runner under torchrun-style process groups (gloo on CPU, two processes)."""
 
 import os
+import signal
 import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from itop.errors import Interrupted
 from itop.training import Trainer
 from itop.training.config import load_config
 
@@ -20,17 +22,27 @@ def _port():
         return s.getsockname()[1]
 
 
+def _sigterm_after_step_5(info):
+    if (info.epoch, info.step) == (0, 5):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(rank, world, port, jobs, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
         for tag, over in jobs:
-            t = Trainer(load_config(None, {**BASE, "out_dir": os.path.join(out_dir, tag), "name": "run", **over}))
-            t.fit()
+            t = Trainer(load_config(None, {**BASE, "out_dir": os.path.join(out_dir, tag), "name": "run", **over}),
+                        on_step=_sigterm_after_step_5 if tag == "signalled" and rank == 1 else None)
+            try:
+                t.fit()
+                interrupted = None
+            except Interrupted as e:
+                interrupted = {"step": e.step, "checkpoint": e.checkpoint}
             torch.save({"model": t.model.state_dict(), "masks": t.sparsifier.masks(),
                         "rate": t.sparsifier.itop_rate(), "steps": t.progress.step,
-                        "updates": len(t.sparsifier.history)},
+                        "updates": len(t.sparsifier.history), "interrupted": interrupted},
                        os.path.join(out_dir, f"{tag}-rank{rank}.pt"))
     finally:
         import torch.distributed as dist
@@ -55,6 +67,8 @@ def two_rank_runs(tmp_path_factory):
         ("static", {"method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 32}),
         ("killed", {"method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32, "update_interval": 5,
                     "max_steps": 30}),
+        ("accum", {"method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 16, "accumulate": 2}),
+        ("signalled", {"method": "rigl", "sparsity": 0.9, "epochs": 2, "batch_size": 32, "update_interval": 5}),
     ]
     return tmp, _spawn(tmp, jobs)
 
@@ -108,3 +122,27 @@ def test_two_rank_checkpoint_resumes_on_one_rank(two_rank_runs):
     assert len(t.sparsifier.history) > len(state["sparsifier"]["history"])  # updates continued
     counts = {k: int(m.sum()) for k, m in t.sparsifier.masks().items()}
     assert counts == {k: int(m.sum()) for k, m in killed["masks"].items()}
+
+
+def test_two_ranks_accumulating_match_one_rank_of_the_global_batch(two_rank_runs, tmp_path):
+    """2 ranks x 2 micro-batches of 16 (DDP synchronising once per group) train like one rank
+    with batches of 64: the same samples in each optimizer step, the same gradient."""
+    _, runs = two_rank_runs
+    one = Trainer(load_config(None, {**BASE, "method": "static", "sparsity": 0.8, "epochs": 2, "batch_size": 64,
+                                     "out_dir": str(tmp_path), "name": "one"}))
+    one.fit()
+    r0, r1 = runs["accum"]
+    assert r0["steps"] == r1["steps"] == one.progress.step == 2 * 21  # 1294 samples: 647 per rank
+    for k, v in one.model.state_dict().items():
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+        torch.testing.assert_close(r0["model"][k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(two_rank_runs):
+    """Only rank 1 received SIGTERM (after its 5th step): both ranks stop there, rank 0 writes."""
+    tmp, runs = two_rank_runs
+    r0, r1 = (r["interrupted"] for r in runs["signalled"])
+    assert r0["step"] == r1["step"] == 5 == runs["signalled"][0]["steps"] == runs["signalled"][1]["steps"]
+    assert r0["checkpoint"].endswith("ckpt-step000000005.pt") and r1["checkpoint"] is None
+    state = torch.load(r0["checkpoint"], weights_only=True)
+    assert state["progress"]["step"] == 5 and state["progress"]["world_size"] == 2

@@ -81,11 +81,17 @@ def _duration(seconds: float) -> str:
 
 
 def _stop(running: dict[subprocess.Popen, Any], grace: float = 15.0) -> None:
-    """Interrupt every child (they keep their checkpoints), then terminate, then kill."""
+    """Ask every child to stop (SIGTERM: ``itop train`` checkpoints the step it is in and exits
+    143), then terminate, then kill.
+
+    SIGTERM rather than SIGINT: under SLURM every process of the job already received a SIGTERM,
+    which a stopping ``itop train`` ignores when repeated, while a second SIGINT would make it
+    stop at once without the checkpoint of its current step.
+    """
     for proc in running:
         if proc.poll() is None:
             try:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
             except OSError:
                 pass
     for sig_grace, action in ((grace, "terminate"), (5.0, "kill")):
@@ -121,7 +127,7 @@ def run_sweep(
     --threads T`` whose output goes to ``<run dir>/sweep.log``. Runs with a completed
     ``summary.json`` are skipped; interrupted ones continue from their newest checkpoint. A
     failed run is reported (log path and last error line) and the others go on. On
-    ``KeyboardInterrupt`` the children are interrupted (then terminated) and the interrupt is
+    ``KeyboardInterrupt`` (SIGINT or SIGTERM) the children are asked to stop (then killed) and the interrupt is
     re-raised; running the sweep again continues where it stopped.
 
     Args:
