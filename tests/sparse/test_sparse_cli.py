@@ -4,8 +4,11 @@ import json
 import logging
 
 import pytest
+from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 
 from itop.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RUN = ["--dataset", "digits", "--model", "mlp", "--model-args", "{hidden: [96, 48]}", "--method", "rigl",
        "--sparsity", "0.8", "--epochs", "2", "--batch-size", "64", "--update-interval", "5",

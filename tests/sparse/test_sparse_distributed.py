@@ -3,14 +3,18 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 from helpers import mlp
 from torch import nn
 
 import itop
 from itop.sparse import sparse_layers
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = [("set", "dense"), ("set", "sparse"), ("rigl", "dense"), ("rigl", "sparse")]
 

@@ -8,12 +8,15 @@ import weakref
 
 import pytest
 import torch
+from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 from helpers import batches, convnet, mlp, train_step
 from torch import nn
 
 import itop
 from itop.errors import CheckpointError, ConfigError
 from itop.sparse import SparseLinear, dense_state_dict, export_model, load_export, sparse_layers
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(model, opt, method="rigl", **kw):

@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 from helpers import mlp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,8 @@ from torch import nn
 
 import itop
 from itop.sparse import SparseLinear
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 300
 INTERVAL = 25

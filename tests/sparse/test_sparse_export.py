@@ -4,11 +4,14 @@ import copy
 
 import pytest
 import torch
+from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 from torch import nn
 
 from itop.errors import CheckpointError, ConfigError
 from itop.models import build_model
 from itop.sparse import SparseLinear, export_model, load_export, read_export, to_sparse_linear
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REBUILD = {"name": "mlp", "shape": {"in_channels": 1, "num_classes": 10, "image_size": 8},
            "kwargs": {"hidden": [128, 64]}}

@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from itop.sparse import CsrLayout, DenseGradSink, sparse_linear
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 

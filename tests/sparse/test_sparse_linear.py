@@ -4,10 +4,13 @@ import copy
 
 import pytest
 import torch
+from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 from torch import nn
 
 from itop.errors import CheckpointError, ConfigError
 from itop.sparse import SparseLinear, dense_state_dict, sparse_layers, to_dense, to_sparse_linear
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(out_f=6, in_f=5, k=9, seed=0, bias=True):

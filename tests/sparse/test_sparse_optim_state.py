@@ -1,9 +1,13 @@
 """Optimizer state moved to a values vector and re-indexed across topology updates."""
 
+import pytest
 import torch
+from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 from torch import nn
 
 from itop.optim_state import remap_state, swap_parameter
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stepped(cls, **kw):
