@@ -133,9 +133,11 @@ class SparseConfig:
     synflow_rounds: int = field(default=100, metadata=_AT_INIT)
     rounds: int = field(default=1, metadata={"midrun": "it shapes the rounds of iterative magnitude pruning"})
     rewind_step: int = field(default=0, metadata={"midrun": "it shapes the rounds of iterative magnitude pruning"})
-    # A checkpoint's optimizer state only resumes in the mode it was saved with: part of the
-    # run's identity (the value alone in sweep run names: "...-sparse-...").
-    execution: str = field(default="dense", metadata={"role": "identity", "label": "", "rank": 8})
+    # The value alone in sweep run names ("...-sparse-..."); fixed for a run's life: its layers
+    # and optimizer state are laid out for the mode it started in.
+    execution: str = field(default="dense", metadata={
+        "label": "", "rank": 8,
+        "midrun": "the model's layers and the optimizer state are laid out for the mode the run started in"})
 
     @classmethod
     def keys(cls) -> list[str]:

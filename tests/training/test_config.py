@@ -123,7 +123,7 @@ def test_the_schema_declares_each_key_once():
     # Run identity and the keys a sweep ignores come from the roles, not from lists.
     assert {k for k, s in KEYS.items() if s.role == IDENTITY} == {
         "model", "model_args", "dataset", "method", "sparsity", "batch_size", "accumulate", "epochs", "multiplier",
-        "seed", "execution"}
+        "seed"}
     assert {k for k, s in KEYS.items() if s.role == CONTROL} == {
         "threads", "out_dir", "name", "resume", "progress", "tensorboard", "max_steps",
         "checkpoint_every_steps", "keep_checkpoints", "eval_every", "device", "num_workers",
