@@ -51,7 +51,7 @@ def global_magnitude_masks(model: nn.Module, sparsifier: Sparsifier, keep: int) 
     Inactive weights never come back (their score is below every active one), so each round's
     mask is a subset of the previous one, as IMP requires.
     """
-    params = dict(model.named_parameters())
+    params = sparsifier.dense_weights()  # by name in either execution mode
     scores = {
         n: torch.where(m, params[n].detach().abs().float(), torch.full_like(params[n], -1.0, dtype=torch.float32))
         for n, m in sparsifier.masks().items()
