@@ -71,6 +71,10 @@ class SparseConfig:
         keep_regrown: A weight dropped and regrown in the same update is treated as never
             dropped (keeps its value and optimizer state; the tracker sees no change), as the
             authors' code does. ``false``: it is reset like any grown weight.
+        reset_optimizer_state: Zero the optimizer state of dropped and grown weights at each
+            update (RigL; the ITOP CIFAR code's effect). ``false``: leave it, so a grown weight
+            starts with the momentum dense gradients built at its position (SNFS, and the ITOP
+            ImageNet code); the ``snfs`` preset's default. Needs ``execution: dense``.
         drop_rounding: ``floor`` or ``ceil`` of ``drop_fraction * active`` (Google's RigL/SET
             code floors, the ITOP and SNFS code ceils).
         sparse_init: Rescale initial weights to the sparse fan-in (Evci et al. 2022).
@@ -113,6 +117,7 @@ class SparseConfig:
     drop_schedule: str = field(default="cosine", metadata={**_VALUE_ONLY, **_MIDRUN})
     grow_init: str = field(default="zero", metadata={**_VALUE_ONLY, **_MIDRUN})
     keep_regrown: bool = field(default=True, metadata=_MIDRUN)
+    reset_optimizer_state: bool = field(default=True, metadata=_MIDRUN)
     drop_rounding: str = field(default="floor", metadata=_MIDRUN)
     sparse_init: bool = field(default=False, metadata=_AT_INIT)
     keep_first_dense: bool = field(default=False, metadata=_LAYOUT)
@@ -158,8 +163,9 @@ class SparseConfig:
         get_grow(self.grow)
         GROW_INITS.lookup(self.grow_init)
         DROP_ROUNDINGS.lookup(self.drop_rounding)
-        if not isinstance(self.keep_regrown, bool):
-            raise ConfigError(f"keep_regrown must be true or false, got {self.keep_regrown!r}")
+        for key in ("keep_regrown", "reset_optimizer_state"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
         for pattern, s in self.layer_sparsity.items():
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
                 raise ConfigError(f"layer_sparsity['{pattern}'] must be in [0, 1), got {s!r}")
@@ -342,6 +348,7 @@ def from_config(
         targets=selector,
         grow_init=config.grow_init,
         keep_regrown=config.keep_regrown,
+        reset_optimizer_state=config.reset_optimizer_state,
         drop_rounding=config.drop_rounding,
         sparse_init=config.sparse_init,
         reliable_steps=config.reliable_steps,
@@ -425,10 +432,11 @@ register_method(
     final_drop_fraction=0.0, update_end=0.75, **_PAPER,
 )
 register_method(
-    "snfs", "SNFS (Dettmers & Zettlemoyer 2019): magnitude prune, momentum growth; ΔT 100, "
-    "drop 0.5 cosine.",
+    "snfs", "SNFS (Dettmers & Zettlemoyer 2019): magnitude prune, momentum growth, grown weights "
+    "keep their dense momentum; ΔT 100, drop 0.5 -> 0.005 cosine.",
     grow="momentum", update_interval=100, drop_fraction=0.5, drop_schedule="cosine",
-    final_drop_fraction=0.0, update_end=1.0, drop_rounding="ceil", **_PAPER,
+    final_drop_fraction=0.005, update_end=1.0, drop_rounding="ceil", reset_optimizer_state=False,
+    **_PAPER,
 )
 register_method(
     "set-itop", "SET-ITOP (Liu et al. 2021): SET with ΔT 1500 and drop 0.5 -> 0.005 cosine "

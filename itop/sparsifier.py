@@ -203,6 +203,15 @@ class Sparsifier:
             (Liu et al.'s ``sparselearning`` only changes the mask; Google's RigL only
             re-initialises connections that were inactive). ``False``: it is zeroed, its state
             reset and its stretch ended, like any other dropped and grown weight.
+        reset_optimizer_state: Zero the optimizer state (momentum, Adam's moments) of dropped
+            and grown weights at each update, so a grown weight starts with no history (RigL's
+            ``reset_momentum``; the ITOP CIFAR code masks the momentum every step, to the same
+            effect). ``False``: updates leave the state alone, so a grown weight starts with
+            the momentum the dense gradients built at its position while it was inactive. That
+            is SNFS (Dettmers & Zettlemoyer 2019): its ``apply_mask`` masks weights only, and
+            momentum growth picks exactly the positions whose momentum is largest; the ITOP
+            ImageNet code does the same. Needs ``execution="dense"`` (sparse layers keep no
+            state for inactive weights).
         drop_rounding: How ``f * active`` becomes a count: ``"floor"`` (Google's RigL/SET)
             or ``"ceil"`` (the ITOP/SNFS code; a layer then drops at least one weight while
             ``f > 0``).
@@ -245,6 +254,7 @@ class Sparsifier:
         targets: TargetSelector | None = None,
         grow_init: str = "zero",
         keep_regrown: bool = True,
+        reset_optimizer_state: bool = True,
         drop_rounding: str = "floor",
         sparse_init: bool = False,
         reliable_steps: int | None = None,
@@ -268,6 +278,7 @@ class Sparsifier:
         self.selector = targets or TargetSelector()
         self.grow_init = grow_init
         self.keep_regrown = bool(keep_regrown)
+        self.reset_optimizer_state = bool(reset_optimizer_state)
         self.drop_rounding = drop_rounding
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -541,7 +552,8 @@ class Sparsifier:
         default) such a weight is left alone, as if never dropped; only the net change is
         applied. With a sparsity schedule (gradual pruning) a layer also drops the weights above
         its scheduled count, without regrowing them. Grown weights get their initial value
-        (zero by default); dropped and grown weights have their optimizer state zeroed.
+        (zero by default); dropped and grown weights have their optimizer state zeroed (unless
+        ``reset_optimizer_state`` is off, SNFS).
 
         Args:
             drop_fraction: Override the scheduled fraction ``f``.
@@ -639,7 +651,9 @@ class Sparsifier:
             flat_set_(param, grown, self._grow_init(old, lambda: flat_gather(param, keep), self.rng))
         layer.active = torch.cat([keep, grow])
         layer.count = int(layer.active.numel())
-        layer.storage.commit(view, layer.active, torch.cat([dropped, grown]), self.optimizer)
+        # Positions whose optimizer history is forgotten (none when the state is kept, SNFS).
+        reset = torch.cat([dropped, grown]) if self.reset_optimizer_state else dropped[:0]
+        layer.storage.commit(view, layer.active, reset, self.optimizer)
         explored = self.tracker.record(layer.name, dropped, grown, step)
         return int(dropped.numel()), int(grown.numel()), n_regrown, explored
 

@@ -348,6 +348,11 @@ def _check_sparse(sparsifier: Any) -> None:
                 f"{role} criterion '{criterion.name}' needs dense gradients or momentum at every "
                 "step (SNFS), which sparse layers do not keep; use execution: dense"
             )
+    if not getattr(sparsifier, "reset_optimizer_state", True):
+        raise ConfigError(
+            "reset_optimizer_state: false gives grown weights the momentum dense gradients built "
+            "while they were inactive, which sparse layers do not keep; use execution: dense"
+        )
     if sparsifier.sparsity_schedule is not None:
         raise ConfigError(
             "gradual pruning (initial_sparsity, GMP) changes layer sizes during training, which "

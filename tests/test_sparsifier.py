@@ -465,7 +465,8 @@ def test_keep_regrown_off_resets_regrown_weights_like_any_grown(opt_name):
 )
 def test_updates_change_only_the_net_topology(method, opt, sparsity, seed):
     """At every update, a weight active before and after keeps its value and optimizer state;
-    a weight active only after starts from zero value and zero state; counts stay exact."""
+    a weight active only after starts from zero value and zero state (SNFS: the state its
+    position had, the dense momentum); counts stay exact."""
     torch.manual_seed(seed)
     model = mlp()
     optimizer = OPTIMIZERS_WITH_STATE[opt][0](model.parameters())
@@ -494,9 +495,76 @@ def test_updates_change_only_the_net_topology(method, opt, sparsity, seed):
             assert bool((params[k].detach()[new] == 0).all()), k
             for n, v in states[k].items():
                 assert torch.equal(optimizer.state[params[k]][n][stay], v[stay]), (k, n)
-                assert bool((optimizer.state[params[k]][n][new] == 0).all()), (k, n)
+                expected = torch.zeros_like(v[new]) if sp.reset_optimizer_state else v[new]
+                assert torch.equal(optimizer.state[params[k]][n][new], expected), (k, n)
     if method in ("set", "set-itop"):  # random regrowth at low sparsity: overlaps are certain
         assert regrown > 0
+
+
+def _snfs_update(**overrides):
+    """An SNFS sparsifier on the MLP after 5 SGD steps, its state just before the update at
+    step 6, and the update's record."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sp = itop.build("snfs", model, opt, sparsity=0.9, update_interval=6, total_steps=100, seed=0,
+                    **overrides)
+    data = batches(7)
+    for x, y in data[:5]:
+        train_step(model, opt, sp, x, y)
+    x, y = data[5]
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    params = params_by_name(model)
+    before = masks_of(sp)
+    momentum = {k: opt.state[params[k]]["momentum_buffer"].clone() for k in before}
+    record = sp.step()
+    opt.zero_grad()
+    assert record is not None and record["grown"] > 0
+    return model, opt, sp, params, before, momentum, data[6]
+
+
+def test_snfs_grown_weights_keep_the_dense_momentum():
+    """Dettmers & Zettlemoyer's code masks weights only: the momentum of an inactive weight
+    accumulates its dense gradient, momentum growth picks the largest, and the grown weight
+    starts from zero with that momentum, so it moves on the very next step."""
+    model, opt, sp, params, before, momentum, (x, y) = _snfs_update()
+    assert sp.reset_optimizer_state is False  # the preset's default
+    for k, m in sp.masks().items():
+        new = m & ~before[k]
+        buf = opt.state[params[k]]["momentum_buffer"]
+        assert bool((params[k].detach()[new] == 0).all()), k
+        assert torch.equal(buf, momentum[k]), k  # the update touched no state at all
+        if new.any():
+            assert bool((buf[new] != 0).all()), k  # a dense momentum, not a fresh one
+            # momentum growth: every grown weight's |momentum| is at least that of any
+            # candidate left inactive (the kept weights are not candidates)
+            left = ~m
+            if left.any():
+                assert float(buf[new].abs().min()) >= float(buf[left].abs().max()), k
+    grown = {k: m & ~before[k] for k, m in sp.masks().items()}
+    train_step(model, opt, sp, x, y)
+    moved = sum(int((params[k].detach()[g] != 0).sum()) for k, g in grown.items())
+    assert moved == sum(int(g.sum()) for g in grown.values())
+
+
+def test_snfs_with_reset_optimizer_state_starts_grown_weights_without_history():
+    _, opt, sp, params, before, momentum, _ = _snfs_update(reset_optimizer_state=True)
+    for k, m in sp.masks().items():
+        buf = opt.state[params[k]]["momentum_buffer"]
+        new, gone, stay = m & ~before[k], before[k] & ~m, m & before[k]
+        assert bool((buf[new] == 0).all()) and bool((buf[gone] == 0).all()), k
+        assert torch.equal(buf[stay], momentum[k][stay]), k
+
+
+def test_kept_optimizer_state_needs_dense_execution():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with pytest.raises(itop.errors.ConfigError, match="reset_optimizer_state"):
+        itop.build("rigl", model, opt, sparsity=0.9, total_steps=100, reset_optimizer_state=False,
+                   execution="sparse")
+    with pytest.raises(itop.errors.ConfigError, match="reset_optimizer_state must be true or false"):
+        itop.build("snfs", mlp(), None, sparsity=0.9, total_steps=100, reset_optimizer_state="no")
 
 
 @pytest.mark.parametrize("method", ["set", "rigl-itop", "snfs"])
