@@ -25,7 +25,8 @@ FORWARD_CASES = {
     "mlp-cifar": [(3, 32, 10)],
     "mlp": [(1, 8, 10)],
     "mlp-64x2": [(1, 8, 10)],
-    "vgg-c": [(3, 32, 10)],
+    "vgg-c": [(3, 32, 10), (1, 28, 10)],
+    "vgg-c-nopad": [(3, 32, 10)],
     "vgg-d": [(3, 32, 100)],
     "wrn-16-2": [(3, 32, 10)],
     "resnet-18": [(3, 32, 10)],
@@ -67,6 +68,19 @@ def vgg_params(one_by_one: bool, classes: int) -> int:
     return total + linear(512, classes)
 
 
+def vgg_c_paper_params(classes: int, side: int = 2) -> int:
+    """VGG-C as the SNIP/ITOP code builds it: every conv has a bias, the classifier's Linear
+    layers too, and the flattened 512 x side x side map feeds the first Linear layer."""
+    total = conv(3, 64, 3, True) + conv(64, 64, 3, True)
+    total += conv(64, 128, 3, True) + conv(128, 128, 3, True)
+    total += conv(128, 256, 3, True) + conv(256, 256, 3, True) + conv(256, 256, 1, True)
+    total += conv(256, 512, 3, True) + conv(512, 512, 3, True) + conv(512, 512, 1, True)
+    total += conv(512, 512, 3, True) + conv(512, 512, 3, True) + conv(512, 512, 1, True)
+    total += bn(64) * 2 + bn(128) * 2 + bn(256) * 3 + bn(512) * 6
+    total += linear(512 * side * side, 512) + bn(512) + linear(512, 512) + bn(512)
+    return total + linear(512, classes)
+
+
 def wrn_16_2_params(classes: int) -> int:
     """WRN-16-2: n=2 blocks per group, widths 16, 32, 64, 128."""
 
@@ -90,7 +104,9 @@ PARAM_CASES = [
     # 32x32: 32 -> 28 -> 14 -> 10 -> 5, so fc1 has 50*5*5 inputs
     ("lenet-5-caffe", 3, 32, 10, 3 * 20 * 25 + 20 + 25_050 + 1250 * 500 + 500 + 5_010),
     ("mlp-cifar", 3, 32, 10, 3072 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 10 + 10),  # 3,676,682
-    ("vgg-c", 3, 32, 10, vgg_params(one_by_one=True, classes=10)),
+    ("vgg-c", 3, 32, 10, vgg_c_paper_params(10)),  # 11,323,466 (the authors' VGG-C)
+    ("vgg-c", 3, 32, 100, vgg_c_paper_params(100)),
+    ("vgg-c-nopad", 3, 32, 10, vgg_params(one_by_one=True, classes=10)),  # 10,531,786
     ("vgg-d", 3, 32, 10, vgg_params(one_by_one=False, classes=10)),
     ("wrn-16-2", 3, 32, 10, wrn_16_2_params(10)),  # 691,674
     ("wrn-28-10", 3, 32, 10, 36_479_194),
@@ -117,6 +133,7 @@ def test_list_models_is_sorted_and_complete() -> None:
         "lenet-5-caffe",
         "mlp-cifar",
         "vgg-c",
+        "vgg-c-nopad",
         "vgg-d",
         "wrn-<depth>-<width>",
         "wrn-28-10",
@@ -222,6 +239,8 @@ def test_parameter_counts(name: str, channels: int, side: int, classes: int, exp
 
 def test_hand_counts_match_known_values() -> None:
     assert vgg_params(one_by_one=False, classes=10) == 15_250_378
+    assert vgg_c_paper_params(10) == 11_323_466
+    assert vgg_params(one_by_one=True, classes=10) == 10_531_786
     assert wrn_16_2_params(10) == 691_674
 
 
@@ -257,17 +276,53 @@ def test_conv_models_follow_channels_and_classes(name: str) -> None:
 def test_vgg_skips_pools_on_small_images() -> None:
     pools = lambda m: sum(isinstance(x, nn.MaxPool2d) for x in m.modules())  # noqa: E731
     assert pools(build_model("vgg-d", in_channels=3, num_classes=10, image_size=32)) == 5
-    small = build_model("vgg-c", in_channels=1, num_classes=10, image_size=8)
+    small = build_model("vgg-c-nopad", in_channels=1, num_classes=10, image_size=8)
     assert pools(small) == 3
     small.eval()
     with torch.no_grad():
         assert small(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_vgg_c_uses_1x1_convs_in_last_three_stages() -> None:
-    model = build_model("vgg-c", in_channels=3, num_classes=10, image_size=32)
+@pytest.mark.parametrize("name", ["vgg-c", "vgg-c-nopad"])
+def test_vgg_c_uses_1x1_convs_in_last_three_stages(name: str) -> None:
+    model = build_model(name, in_channels=3, num_classes=10, image_size=32)
     kernels = [m.kernel_size[0] for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert kernels == [3, 3, 3, 3, 3, 3, 1, 3, 3, 1, 3, 3, 1]
+
+
+def test_vgg_c_as_the_authors_build_it() -> None:
+    """The SNIP/ITOP code pads its 1x1 convs by 1: 32x32 CIFAR ends 512x2x2, the classifier
+    takes 2048 inputs in the order Linear-ReLU-BN, and every layer has a bias."""
+    model = build_model("vgg-c", in_channels=3, num_classes=10, image_size=32).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.padding == (1, 1) and c.bias is not None for c in convs)
+    with torch.no_grad():
+        assert model.features(torch.zeros(1, 3, 32, 32)).shape == (1, 512, 2, 2)
+    kinds = [type(m) for m in model.classifier]
+    assert kinds == [nn.Flatten, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Linear]
+    assert model.classifier[1].in_features == 2048 and model.classifier[1].bias is not None
+    # 28x28: 28 -> 14 -> 7 -> 9 (padded 1x1) -> 4 -> 6 -> 3 -> 5 -> 2
+    assert build_model("vgg-c", in_channels=1, num_classes=10, image_size=28).classifier[1].in_features == 2048
+    nopad = build_model("vgg-c-nopad", in_channels=3, num_classes=10, image_size=32)
+    assert [m for m in nopad.modules() if isinstance(m, nn.Linear)][0].in_features == 512
+
+
+def test_vgg_c_initialisation_is_pytorchs_unless_asked() -> None:
+    torch.manual_seed(0)
+    default = build_model("vgg-c", in_channels=3, num_classes=10, image_size=32)
+    torch.manual_seed(0)
+    kaiming = build_model("vgg-c", in_channels=3, num_classes=10, image_size=32, init="kaiming")
+    w0, w1 = default.features[0].weight, kaiming.features[0].weight
+    bound = 1 / (3 * 9) ** 0.5  # PyTorch's default: uniform within 1/sqrt(fan_in)
+    assert float(w0.detach().abs().max()) <= bound and float(default.features[0].bias.detach().abs().max()) > 0
+    assert torch.all(kaiming.features[0].bias == 0) and not torch.equal(w0, w1)
+    with pytest.raises(ConfigError, match="init must be one of"):
+        build_model("vgg-c", in_channels=3, num_classes=10, image_size=32, init="xavier")
+
+
+def test_vgg_c_refuses_images_too_small_for_its_pools() -> None:
+    with pytest.raises(ConfigError, match="vgg-c-nopad"):
+        build_model("vgg-c", in_channels=3, num_classes=10, image_size=2)
 
 
 # --------------------------------------------------------------------------- layer conventions

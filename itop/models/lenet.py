@@ -21,13 +21,13 @@ from torch import nn
 
 from itop.errors import ConfigError
 from itop.models._common import check_int, init_weights
+from itop.models.mlp import MLP
+from itop.models.registry import register_model
 
 #: LeNet-5-Caffe's initialisations (``model_args: {init: ...}``): ``pytorch`` keeps PyTorch's
 #: layer defaults (the authors' code), ``kaiming`` applies :func:`init_weights` (Kaiming-normal
 #: fan-out convolutions, zero conv biases; what itop used before).
 LENET5_INITS = ("pytorch", "kaiming")
-from itop.models.mlp import MLP
-from itop.models.registry import register_model
 
 #: Smallest square input LeNet-5-Caffe accepts: two (5x5 conv, 2x2 max-pool) stages must
 #: leave at least a 1x1 feature map (16 -> 12 -> 6 -> 2 -> 1).
