@@ -12,6 +12,7 @@ from itop._backend import (
     flat_gather,
     flat_member,
     flat_set_,
+    fresh_abs,
     sample_positions,
     set_sampled_selection,
     top_n,
@@ -193,3 +194,11 @@ def test_flat_helpers_on_channels_last():
     flat_set_(w, idx, 0.0)
     assert (w.reshape(-1)[idx] == 0).all()
     assert w.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fresh_abs_is_a_new_tensor():
+    g = torch.randn(6, 4, 3, 3)
+    out = fresh_abs(g)
+    assert torch.equal(out, g.abs()) and out.data_ptr() != g.data_ptr()
+    cl = g.to(memory_format=torch.channels_last)  # no flat numpy view: torch's abs
+    assert torch.equal(fresh_abs(cl), g.abs())
