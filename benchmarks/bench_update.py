@@ -8,7 +8,13 @@ between updates, momentum buffers exist (the update zeroes their pruned/grown en
 training) and RigL sees a new dense gradient. Only ``sparsifier.update_topology()`` is timed.
 
 For every (method, sparsity): ``--warmup`` untimed updates, then ``--reps`` timed ones; the
-median is compared to the 200 ms target. An update during which other processes used more than
+median is compared to the 200 ms target. With ``--compare`` (the default) every timed round
+runs one update with the previous selection code ("before": ``np.argpartition`` over every
+score in ``top_n``/``bottom_n``, ``torch.isin`` for regrown weights and ``torch.abs`` for
+RigL's scores, re-created below) and one with the current engine ("after": sampled-threshold
+selection, ``flat_member``, ``fresh_abs``), in
+alternating order on the same sparsifier, and reports both medians and their ratio; the two
+see the same machine load, so the ratio is meaningful even when the machine is busy. An update during which other processes used more than
 ``--max-other-cpu`` of the machine is discarded and repeated (at most ``--reps`` times). Then
 one extra update runs under cProfile for a per-phase breakdown and the hottest functions, and
 one more with each layer timed, for the slowest layers. The last output line is one line of
@@ -19,11 +25,13 @@ Usage (from the repository root)::
     python benchmarks/bench_update.py             # full run (about 2-3 minutes on 2 cores)
     python benchmarks/bench_update.py --quick     # smoke run
     python benchmarks/bench_update.py --threads 1 --methods rigl --sparsities 0.98
+    python benchmarks/bench_update.py --no-compare    # the current engine only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import os
 import pstats
@@ -36,6 +44,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     CpuMonitor,
     emit_json,
@@ -49,6 +58,8 @@ from _common import (  # noqa: E402
 )
 
 import itop  # noqa: E402
+import itop.criteria  # noqa: E402
+import itop.sparsifier  # noqa: E402
 from itop.models import build_model  # noqa: E402
 
 TARGET_MS = 200.0
@@ -65,6 +76,63 @@ PHASES = [
     ("grow init", "_grow_keep", "sparsifier"),
     ("grow init", "_grow_normal", "sparsifier"),
 ]
+
+
+# -- the selection code before the sampled threshold, for the side-by-side comparison ----------
+
+
+def _before_top_n(scores: torch.Tensor, n: int) -> torch.Tensor:
+    size = scores.numel()
+    if n <= 0:
+        return torch.empty(0, dtype=torch.long)
+    if n >= size:
+        return torch.arange(size)
+    v = scores.float().numpy()
+    return torch.from_numpy(np.argpartition(v, size - n)[size - n:])
+
+
+def _before_bottom_n(scores: torch.Tensor, n: int) -> torch.Tensor:
+    size = scores.numel()
+    if n <= 0:
+        return torch.empty(0, dtype=torch.long)
+    if n >= size:
+        return torch.arange(size)
+    v = scores.float().numpy()
+    return torch.from_numpy(np.argpartition(v, n - 1)[:n])
+
+
+def _before_gradient_scores(self, ctx) -> torch.Tensor:
+    return ctx.require_grad(self.name).abs()
+
+
+def _before_member(idx: torch.Tensor, members: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.isin(idx, members)
+
+
+# The engine functions each mode replaces: (module, attribute) -> replacement.
+CODE_VARIANTS: dict[str, dict[tuple[Any, str], Any]] = {
+    "after": {},
+    "before": {
+        (itop.criteria, "top_n"): _before_top_n,
+        (itop.criteria, "bottom_n"): _before_bottom_n,
+        (itop.sparsifier, "flat_member"): _before_member,
+        (itop.criteria.GradientGrowth, "scores"): _before_gradient_scores,
+    },
+}
+
+
+@contextlib.contextmanager
+def selection_code(mode: str):
+    """Run the engine as it is ("after") or with the previous selection code ("before")."""
+    patches = CODE_VARIANTS[mode]
+    saved = {key: getattr(*key) for key in patches}
+    try:
+        for (module, name), fn in patches.items():
+            setattr(module, name, fn)
+        yield
+    finally:
+        for (module, name), fn in saved.items():
+            setattr(module, name, fn)
 
 
 def fresh_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator) -> None:
@@ -137,23 +205,41 @@ def run_config(model, init_state, method: str, sparsity: float, args, gen) -> di
     for _ in range(args.warmup):
         fresh_gradients(model, optimizer, gen)
         sp.update_topology(args.drop_fraction)
-    wall, engine, other = [], [], []
+    modes = ["before", "after"] if args.compare else ["after"]
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    engine_s: list[float] = []
+    other: list[float] = []
     rejected = 0
+    rounds = 0
     with no_gc():
-        while len(wall) < args.reps:
-            fresh_gradients(model, optimizer, gen)
-            monitor = CpuMonitor()
-            t0 = time.perf_counter()
-            record = sp.update_topology(args.drop_fraction)
-            dt = time.perf_counter() - t0
-            frac = monitor.fraction()
+        while len(times["after"]) < args.reps:
+            # Alternate which mode goes first, so neither always follows the other.
+            order = modes if rounds % 2 == 0 else modes[::-1]
+            rounds += 1
+            got: dict[str, float] = {}
+            fracs = []
+            for mode in order:
+                fresh_gradients(model, optimizer, gen)
+                monitor = CpuMonitor()
+                with selection_code(mode):
+                    t0 = time.perf_counter()
+                    record = sp.update_topology(args.drop_fraction)
+                    got[mode] = time.perf_counter() - t0
+                if mode == "after":
+                    engine_s.append(float(record["seconds"]))
+                f = monitor.fraction()
+                if f is not None:
+                    fracs.append(f)
+            frac = max(fracs) if fracs else None
             if frac is not None and frac > args.max_other_cpu and rejected < args.reps:
                 rejected += 1
                 continue
-            wall.append(dt)
-            engine.append(float(record["seconds"]))
+            for mode, dt in got.items():
+                times[mode].append(dt)
             if frac is not None:
                 other.append(frac)
+    wall = times["after"]
+    engine = engine_s
     def uncontended(fn):
         # The diagnostic updates are repeated (a few times at most) while the machine is busy.
         for _ in range(args.reps + 1):
@@ -170,6 +256,17 @@ def run_config(model, init_state, method: str, sparsity: float, args, gen) -> di
     changed = int(record["dropped"])
     sp.finalize()
     w = quantiles(wall)
+    compare = {}
+    if args.compare:
+        b = quantiles(times["before"])
+        paired = [x / y for x, y in zip(times["before"], times["after"], strict=True)]
+        compare = {
+            "before_median_ms": round(b[1] * 1e3, 2),
+            "before_iqr_ms": [round(b[0] * 1e3, 2), round(b[2] * 1e3, 2)],
+            "speedup": round(b[1] / w[1], 3),
+            "paired_speedup_median": round(quantiles(paired)[1], 3),
+            "paired_speedup_iqr": [round(q, 3) for q in quantiles(paired)[::2]],
+        }
     return {
         "method": method,
         "sparsity": sparsity,
@@ -182,6 +279,7 @@ def run_config(model, init_state, method: str, sparsity: float, args, gen) -> di
         "min_ms": round(min(wall) * 1e3, 2),
         "max_ms": round(max(wall) * 1e3, 2),
         "engine_seconds_median_ms": round(quantiles(engine)[1] * 1e3, 2),
+        **compare,
         "reps": len(wall),
         "rejected_reps": rejected,
         "other_cpu_median": round(quantiles(other)[1], 4) if other else None,
@@ -211,6 +309,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-other-cpu", type=float, default=0.10,
                    help="discard and repeat an update when other processes used more than this "
                         "share of the machine's CPU during it (1 disables)")
+    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the previous selection code ('before') against the current engine "
+                        "('after') in alternating rounds and report the ratio")
     p.add_argument("--quick", action="store_true", help="3 reps, 1 warm-up: a smoke run")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -241,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['changed_per_update']:,} dropped + grown per update; median {r['median_ms']:.1f} ms "
                   f"(IQR {r['iqr_ms'][0]:.1f}-{r['iqr_ms'][1]:.1f}, min {r['min_ms']:.1f}, "
                   f"max {r['max_ms']:.1f}; {r['rejected_reps']} contended reps repeated) -> {r['verdict']}")
+            if args.compare:
+                print(f"  before (argpartition selection, torch.isin, torch.abs): median {r['before_median_ms']:.1f} ms "
+                      f"(IQR {r['before_iqr_ms'][0]:.1f}-{r['before_iqr_ms'][1]:.1f}); speedup "
+                      f"{r['speedup']:.2f}x (paired per round: median {r['paired_speedup_median']:.2f}x, "
+                      f"IQR {r['paired_speedup_iqr'][0]:.2f}-{r['paired_speedup_iqr'][1]:.2f})")
             print(f"  phases of one profiled update (cProfile, {r['profiled_ms']:.1f} ms incl. profiler overhead):")
             print_table(["phase", "ms", "share"], [
                 [k, f"{v:.1f}", f"{100 * v / max(r['profiled_ms'], 1e-9):.0f}%"]
@@ -265,10 +371,22 @@ def main(argv: list[str] | None = None) -> int:
           f"[{r['iqr_ms'][0]:.1f}, {r['iqr_ms'][1]:.1f}]", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
           f"<= {TARGET_MS:.0f}", r["verdict"]] for r in results],
     )
+    if args.compare:
+        print("\n== Before (previous selection code) vs after, same run, alternating rounds")
+        print_table(
+            ["method", "sparsity", "before ms", "after ms", "speedup", "paired speedup [IQR]"],
+            [[r["method"], f"{r['sparsity']:g}", f"{r['before_median_ms']:.1f}", f"{r['median_ms']:.1f}",
+              f"{r['speedup']:.2f}x", f"{r['paired_speedup_median']:.2f}x "
+              f"[{r['paired_speedup_iqr'][0]:.2f}, {r['paired_speedup_iqr'][1]:.2f}]"] for r in results],
+        )
     cont = "n/a" if contention is None else f"{100 * contention:.1f}%"
+    if contention is not None and contention > args.max_other_cpu:
+        print(f"NOTE: other processes used {cont} of the machine during this run: absolute times are "
+              "inflated; compare the before/after ratios, which saw the same load")
     print(f"\nwall time {wall:.1f} s; CPU used by other processes during the run: {cont} of the machine")
     info.update({
         "mode": "quick" if args.quick else "full",
+        "compare": bool(args.compare),
         "model": "resnet-50",
         "wall_s": round(wall, 1),
         "other_cpu_fraction": None if contention is None else round(contention, 4),

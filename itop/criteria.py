@@ -19,7 +19,15 @@ from typing import Any
 
 import torch
 
-from ._backend import RandomState, all_finite, bottom_n, flat_gather, sample_positions, top_n
+from ._backend import (
+    RandomState,
+    all_finite,
+    bottom_n,
+    flat_gather,
+    fresh_abs,
+    sample_positions,
+    top_n,
+)
 from .errors import ConfigError, DivergenceError
 from .registry import Registry
 
@@ -166,7 +174,7 @@ class MagnitudePrune(Criterion):
 
     def select_drop(self, ctx: LayerContext, n: int) -> torch.Tensor:
         values = flat_gather(ctx.weight.detach(), ctx.active).float().abs_()
-        return ctx.active[bottom_n(_finite(values, self.name, ctx), n).to(ctx.active.device)]
+        return ctx.active.index_select(0, bottom_n(_finite(values, self.name, ctx), n).to(ctx.active.device))
 
 
 class SignedMagnitudePrune(Criterion):
@@ -222,7 +230,7 @@ class TaylorPrune(Criterion):
     def select_drop(self, ctx: LayerContext, n: int) -> torch.Tensor:
         grad = flat_gather(ctx.require_grad(self.name), ctx.active)
         values = (flat_gather(ctx.weight.detach(), ctx.active) * grad).float().abs_()
-        return ctx.active[bottom_n(_finite(values, self.name, ctx), n).to(ctx.active.device)]
+        return ctx.active.index_select(0, bottom_n(_finite(values, self.name, ctx), n).to(ctx.active.device))
 
 
 class RandomPrune(Criterion):
@@ -282,7 +290,7 @@ class GradientGrowth(Criterion):
     fresh_scores = True
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
-        return ctx.require_grad(self.name).abs()
+        return fresh_abs(ctx.require_grad(self.name))
 
 
 class MomentumGrowth(Criterion):

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from ._backend import RandomState, flat_gather, flat_set_, sample_positions, top_n
+from ._backend import RandomState, flat_gather, flat_member, flat_set_, sample_positions, top_n
 from .criteria import Criterion, LayerContext, get_grow, get_prune
 from .distributions import Distribution, allocate, get_distribution
 from .errors import CheckpointError, ConfigError, check_sparsity
@@ -644,7 +644,7 @@ class Sparsifier:
         dropped, grown = drop, grow
         if n_regrown and self.keep_regrown:
             dropped = drop[~regrown]
-            grown = grow[~torch.isin(grow, drop[regrown])]
+            grown = grow[~flat_member(grow, drop[regrown], layer.numel)]
         old = flat_gather(param, grown)
         flat_set_(param, dropped, 0.0)
         if grown.numel():
