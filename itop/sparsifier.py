@@ -667,6 +667,16 @@ class Sparsifier:
         """Number of active weights now."""
         return sum(layer.count for layer in self._layers)
 
+    def num_parameters(self) -> int:
+        """Number of parameters the model holds now, counting a sparsified layer's active
+        weights only: every parameter the sparsifier does not manage (biases, norms, dense
+        layers) plus :meth:`num_active`. This is the "equal parameters" measure that compares a
+        sparse network with a dense one of the same size (Liu et al. 2021, Section 5).
+        """
+        managed = {id(layer.param) for layer in self._layers}
+        others = sum(p.numel() for p in self.model.parameters() if id(p) not in managed)
+        return others + self.num_active()
+
     def actual_sparsity(self) -> float:
         """Fraction of sparsifiable weights that are inactive now."""
         return 1.0 - self.num_active() / self.num_weights()

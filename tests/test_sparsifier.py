@@ -655,3 +655,19 @@ def test_layers_too_small_for_their_density_warn(caplog):
     with caplog.at_level(logging.WARNING, logger="itop.sparsifier"):
         itop.Sparsifier(mlp(), sparsity=0.9)
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("execution", ["dense", "sparse"])
+def test_num_parameters_counts_active_weights_and_every_unmanaged_parameter(execution):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 5), nn.LayerNorm(5))
+    dense_total = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = itop.build("set", model, opt, sparsity=0.9, total_steps=10, update_interval=2,
+                    execution=execution)
+    weights = 30 * 40 + 40 * 5
+    assert sp.num_weights() == weights
+    assert sp.num_parameters() == dense_total - weights + sp.num_active()
+    if execution == "dense":  # what a reader would count: the model's non-zero parameters
+        nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+        assert sp.num_parameters() >= nonzero

@@ -17,16 +17,20 @@ from .read import Run, _finite, _num
 
 __all__ = ["GROUP_KEYS", "METRICS", "Group", "Stat", "aggregate", "varying_keys"]
 
-# Config keys that tell groups apart (runs that agree on all of them differ only by seed).
+# Config keys that tell groups apart (runs that agree on all of them differ only by seed). The
+# last ones are settings a study varies beside the method to measure one choice (sparse-aware
+# init, execution mode, the fidelity ablations, the hold-out, model options).
 GROUP_KEYS = ("method", "model", "dataset", "target_sparsity", "update_interval", "batch_size",
-              "multiplier")
+              "multiplier", "execution", "sparse_init", "keep_regrown", "drop_rounding",
+              "val_fraction", "model_args", "epochs")
 # Summary values averaged over the runs of a group.
 METRICS = ("test_acc_selected", "final_test_acc", "itop_rate", "reliable_itop_rate", "sparsity",
-           "training_flops_relative", "inference_flops_relative", "wall_time_s")
+           "training_flops_relative", "inference_flops_relative", "wall_time_s", "parameters")
 
 # Short names for labels and table headers.
 KEY_LABELS = {"method": "method", "model": "model", "dataset": "dataset", "target_sparsity": "sparsity",
-              "update_interval": "ΔT", "batch_size": "batch", "multiplier": "multiplier", "seed": "seed"}
+              "update_interval": "ΔT", "batch_size": "batch", "multiplier": "multiplier", "seed": "seed",
+              "val_fraction": "val", "model_args": "model args"}
 METRIC_LABELS = {
     "test_acc_selected": "test acc, selected (%)",
     "final_test_acc": "test acc, final (%)",
@@ -36,13 +40,15 @@ METRIC_LABELS = {
     "training_flops_relative": "train FLOPs (x dense)",
     "inference_flops_relative": "inference FLOPs (x dense)",
     "wall_time_s": "wall time (s)",
+    "parameters": "parameters",
 }
 # Table headers of the key columns, where they differ from KEY_LABELS.
 _TABLE_KEY_LABELS = {**KEY_LABELS, "target_sparsity": "target sparsity"}
 # Per metric: factor applied for display and the number of decimals.
 _DISPLAY = {"test_acc_selected": (100.0, 2), "final_test_acc": (100.0, 2), "itop_rate": (1.0, 4),
             "reliable_itop_rate": (1.0, 4), "sparsity": (1.0, 4), "training_flops_relative": (1.0, 3),
-            "inference_flops_relative": (1.0, 3), "wall_time_s": (1.0, 1)}
+            "inference_flops_relative": (1.0, 3), "wall_time_s": (1.0, 1),
+            "parameters": (1.0, 0)}
 _MISSING = "–"
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "SkipPlot",
     "itop_curve",
     "plot_accuracy_vs_itop",
+    "plot_accuracy_vs_parameters",
+    "plot_accuracy_vs_wall_time",
     "plot_accuracy_vs_sparsity",
     "plot_itop_over_steps",
     "plot_layers",
@@ -165,6 +167,82 @@ def plot_accuracy_vs_itop(runs: Sequence[Run], path: str | os.PathLike,
     ax.set_title("Test accuracy vs in-time over-parameterization (mean ± std over seeds)")
     ax.grid(True, alpha=0.3)
     return _save(fig, Path(path))
+
+
+def _plot_accuracy_against(runs: Sequence[Run], path: str | os.PathLike, by: Sequence[str] | None,
+                           metric: str, xlabel: str, title: str) -> Path:
+    """Test accuracy against one summary metric, one point per group (log x axis).
+
+    Colour by method, marker by target sparsity (dense runs: a square); points are annotated
+    with the model where several models are compared (e.g. the narrow dense baselines of an
+    equal-parameter comparison).
+    """
+    groups = aggregate(runs, by)
+    acc = _acc_metric(groups)
+    groups = [g for g in _stats_for(groups, (acc, metric)) if g.stats[metric].mean > 0]
+    if not groups:
+        raise SkipPlot(f"no run has both a test accuracy and a positive {metric}")
+    fig = _figure()
+    ax = fig.add_subplot()
+    colors = _method_colors(runs)
+    used = {str(g.get("method")) for g in groups}
+    sparsities = sorted({_clean(g.get("target_sparsity")) for g in groups}, key=_sort_key)
+    markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(sparsities)}
+    annotate = [k for k in ("model",) if len({_hashable(g.get(k)) for g in groups}) > 1]
+    for g in groups:
+        x, y = g.stats[metric], g.stats[acc]
+        ax.errorbar(x.mean, y.mean * 100, xerr=_err(x), yerr=_err(y, 100),
+                    fmt=markers[_clean(g.get("target_sparsity"))], color=colors[str(g.get("method"))],
+                    markersize=7, capsize=3, elinewidth=1, markeredgecolor="black", markeredgewidth=0.5)
+        text = _label({k: g.get(k) for k in annotate}, empty="")
+        if text:
+            ax.annotate(text, (x.mean, y.mean * 100), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", markersize=7, label=m)
+               for m, c in colors.items() if m in used]
+    handles += [Line2D([], [], color="grey", marker=markers[s], linestyle="", markersize=7,
+                       label=f"sparsity {_fmt_value('target_sparsity', s)}") for s in sparsities]
+    ax.legend(handles=handles, fontsize=8, loc="best", title="colour: method, marker: sparsity",
+              title_fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    which = " of the model selected by val. acc." if acc == "test_acc_selected" else ", last epoch"
+    ax.set_ylabel(f"test accuracy (%){which}")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, which="both")
+    return _save(fig, Path(path))
+
+
+def plot_accuracy_vs_wall_time(runs: Sequence[Run], path: str | os.PathLike,
+                               by: Sequence[str] | None = None) -> Path:
+    """Test accuracy against training wall time per run (``wall_time_s``, log scale).
+
+    Shows what sparse execution buys in seconds: at equal accuracy, the point further left
+    trained faster.
+
+    Raises:
+        SkipPlot: No run has both a test accuracy and a wall time.
+    """
+    return _plot_accuracy_against(runs, path, by, "wall_time_s", "training wall time per run (s, log scale)",
+                                  "Test accuracy vs training wall time (mean ± std over seeds)")
+
+
+def plot_accuracy_vs_parameters(runs: Sequence[Run], path: str | os.PathLike,
+                                by: Sequence[str] | None = None) -> Path:
+    """Test accuracy against the parameters a trained network holds (``parameters``, log scale).
+
+    The equal-parameter view of Liu et al. 2021 ("Do we actually need dense
+    over-parameterization?"): a sparse network beside dense networks narrow enough to hold
+    as many weights as it does.
+
+    Raises:
+        SkipPlot: No run has both a test accuracy and a parameter count (runs made before the
+            count was written to ``summary.json``).
+    """
+    return _plot_accuracy_against(runs, path, by, "parameters",
+                                  "parameters of the trained network (active weights, log scale)",
+                                  "Test accuracy vs parameters (mean ± std over seeds)")
 
 
 def itop_curve(run: Run) -> tuple[list[int], list[float]] | None:
@@ -584,6 +662,13 @@ PLOTS: tuple[_PlotSpec, ...] = (
     _PlotSpec("lifetimes.png", "Lifetimes of pruned weights",
               "Steps between a weight's (re)growth and its pruning, summed over each group's runs.",
               plot_lifetimes),
+    _PlotSpec("accuracy_vs_parameters.png", "Test accuracy vs parameters",
+              "Equal-parameter view: one point per group (mean over seeds, bars: std), parameters "
+              "counting only active weights; colour: method, marker: sparsity.",
+              plot_accuracy_vs_parameters),
+    _PlotSpec("accuracy_vs_wall_time.png", "Test accuracy vs wall time",
+              "Training wall time per run (mean over seeds, bars: std); colour: method, marker: sparsity.",
+              plot_accuracy_vs_wall_time),
     _PlotSpec("reliable_itop.png", "Reliable R_s beside R_s",
               "Reliable R_s counts a weight only once it stayed active for the reliable threshold "
               "(ΔT by default).", plot_reliable_itop),

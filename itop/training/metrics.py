@@ -108,7 +108,9 @@ def make_summary(
         best: The selected epoch (:func:`itop.training.selection.selection`), if any.
         last_eval: The last evaluated epoch record, if any.
         exploration: ``sparsity``, ``itop_rate``, ``reliable_itop_rate``, ``updates`` and, when
-            known, ``lifetime`` (statistics) and ``lifetime_histogram`` (steps -> weights).
+            known, ``parameters`` (the model's parameters, counting only active weights of the
+            sparsified layers), ``lifetime`` (statistics) and ``lifetime_histogram`` (steps ->
+            weights).
         update_interval: ΔT (``None``: no topology updates).
         flops: :func:`itop.flops.summarize` of the run (``None`` when unknown).
         wall_time_s: Seconds of training.
@@ -140,6 +142,7 @@ def make_summary(
         "itop_rate": exploration.get("itop_rate"),
         "reliable_itop_rate": exploration.get("reliable_itop_rate"),
         "updates": exploration.get("updates"),
+        "parameters": exploration.get("parameters"),
         "lifetime": exploration.get("lifetime"),
         # lifetime in steps -> number of pruned weights that lived that long
         "lifetime_histogram": exploration.get("lifetime_histogram"),

@@ -583,6 +583,7 @@ class Trainer:
             best=p.best, last_eval=p.last_eval,
             exploration={
                 **{k: stats[k] for k in ("sparsity", "itop_rate", "reliable_itop_rate", "updates")},
+                "parameters": self.sparsifier.num_parameters(),
                 "lifetime": {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("lifetime/")},
                 "lifetime_histogram": {str(k): v for k, v in sorted(self.sparsifier.tracker.lifetimes.items())},
             },

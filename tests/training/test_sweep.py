@@ -297,3 +297,57 @@ def test_sparse_init_study_pairs_every_run_with_and_without_it():
     # Its runs without sparse_init are the extreme-sparsity study's LeNet-5 runs, config for config.
     extreme = {what_runs(r) for r in expand(STUDIES / "extreme-sparsity.yaml", "cpu")}
     assert set(pairs) <= extreme
+
+
+def test_fidelity_study_uses_the_reference_settings():
+    """configs/studies/fidelity.yaml runs at the settings of ../shared/reference-results.md."""
+    runs = expand(STUDIES / "fidelity.yaml", "cpu")
+    by_method: dict[str, list] = {}
+    for r in runs:
+        by_method.setdefault(r.config["method"], []).append(r.config)
+    assert sorted(by_method) == ["dense", "rigl", "set", "static"]
+    for cfg in (c for cs in by_method.values() for c in cs):
+        assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"], cfg["nesterov"],
+                cfg["weight_decay"], cfg["lr_milestones"], cfg["lr_gamma"]) == (
+                    20, 128, 0.05, 0.9, True, 5e-4, [0.5, 0.75], 0.1)
+    for cfg in by_method["rigl"] + by_method["set"]:
+        resolved = RunConfig.from_flat(cfg).resolved()
+        assert (resolved["sparsity"], resolved["distribution"], resolved["update_interval"],
+                resolved["drop_fraction"], resolved["final_drop_fraction"], resolved["drop_schedule"],
+                resolved["update_end"]) == (0.98, "erk", 200, 0.5, 0.005, "cosine", 1.0)
+    grid = [c for c in by_method["rigl"] + by_method["set"] + by_method["static"]
+            if c["keep_regrown"] is not False and c["drop_rounding"] == "ceil"
+            and c["val_fraction"] == 0.0 and not c.get("model_args")]
+    assert len(grid) == 2 * 3 * 3  # 3 methods x 2 models x 3 seeds
+    assert sorted(c["model"] for c in by_method["dense"]) == ["lenet-300-100", "lenet-5-caffe"]
+    ablations = [c for c in by_method["rigl"] if c not in grid]
+    assert len(ablations) == 4 and {c["model"] for c in ablations} == {"lenet-5-caffe"}
+
+
+def test_overparam_study_compares_at_equal_parameters_with_enough_updates():
+    import itop
+    from itop.models import build_model
+
+    runs = expand(STUDIES / "overparam.yaml", "cpu")
+    configs = [RunConfig.from_flat(r.config) for r in runs]
+    assert {c.seed for c in configs} == {0, 1, 2}
+    wide = build_model("mlp-2048x2", in_channels=1, num_classes=10, image_size=28)
+    assert sum(p.numel() for n, p in wide.named_parameters() if n.endswith("weight")) >= 5_000_000
+    dst = [c for c in configs if c.method in ("static", "set-itop", "rigl-itop")]
+    assert {c.sparsity for c in dst} == {0.9, 0.95, 0.98, 0.99}
+    assert {c.resolved()["execution"] for c in dst} == {"sparse"}
+    steps = 20 * -(-54_000 // 128)  # 20 epochs of 90% of Fashion-MNIST's 60k, batch 128
+    for c in dst:
+        assert c.epochs >= 20
+        if c.method != "static":  # the last step is never an update
+            assert (steps - 1) // c.resolved()["update_interval"] >= 50
+    assert {c.method for c in configs if c.sparsity in (0.98, 0.99)} >= {"gmp", "snip", "grasp", "synflow"}
+    # Each narrow dense MLP holds as many parameters as the sparse network it stands beside (1%).
+    narrow = {c.model for c in configs if c.method == "dense" and c.model != "mlp-2048x2"}
+    for sparsity, name in zip((0.9, 0.95, 0.98, 0.99), ("mlp-465x2", "mlp-275x2", "mlp-130x2", "mlp-72x2"),
+                              strict=True):
+        assert name in narrow
+        model = build_model("mlp-2048x2", in_channels=1, num_classes=10, image_size=28)
+        sp = itop.build("static", model, None, sparsity=sparsity, total_steps=10)
+        small = sum(p.numel() for p in build_model(name, in_channels=1, num_classes=10, image_size=28).parameters())
+        assert abs(small - sp.num_parameters()) <= 0.01 * sp.num_parameters(), (name, small, sp.num_parameters())

@@ -307,6 +307,9 @@ def plan_sweep(
         free = [k for k in keys if k not in extra]
         for combo in itertools.product(*(grid[k] for k in free)):
             points.append({**dict(zip(free, combo, strict=True)), **extra})
+    if "seed" in grid:  # seed-major: a study stopped early has whole seeds, extras included
+        rank = {repr(v): i for i, v in enumerate(grid["seed"])}
+        points.sort(key=lambda p: rank.get(repr(p.get("seed")), len(rank)))
 
     defaults = RunConfig().to_flat()
     candidates: list[tuple[dict[str, Any], RunConfig, dict[str, Any]]] = []
