@@ -173,9 +173,9 @@ def _plot_accuracy_against(runs: Sequence[Run], path: str | os.PathLike, by: Seq
                            metric: str, xlabel: str, title: str) -> Path:
     """Test accuracy against one summary metric, one point per group (log x axis).
 
-    Colour by method, marker by target sparsity (dense runs: a square); points are annotated
-    with the model where several models are compared (e.g. the narrow dense baselines of an
-    equal-parameter comparison).
+    Colour by method, marker by target sparsity; points of models other than the most common
+    one are annotated with their model (e.g. the narrow dense baselines of an equal-parameter
+    comparison).
     """
     groups = aggregate(runs, by)
     acc = _acc_metric(groups)
@@ -188,15 +188,16 @@ def _plot_accuracy_against(runs: Sequence[Run], path: str | os.PathLike, by: Seq
     used = {str(g.get("method")) for g in groups}
     sparsities = sorted({_clean(g.get("target_sparsity")) for g in groups}, key=_sort_key)
     markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(sparsities)}
-    annotate = [k for k in ("model",) if len({_hashable(g.get(k)) for g in groups}) > 1]
+    models = [str(g.get("model")) for g in groups]
+    common = max(set(models), key=models.count)  # label only the other models (e.g. narrow dense ones)
     for g in groups:
         x, y = g.stats[metric], g.stats[acc]
         ax.errorbar(x.mean, y.mean * 100, xerr=_err(x), yerr=_err(y, 100),
                     fmt=markers[_clean(g.get("target_sparsity"))], color=colors[str(g.get("method"))],
                     markersize=7, capsize=3, elinewidth=1, markeredgecolor="black", markeredgewidth=0.5)
-        text = _label({k: g.get(k) for k in annotate}, empty="")
-        if text:
-            ax.annotate(text, (x.mean, y.mean * 100), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        if str(g.get("model")) != common:
+            ax.annotate(str(g.get("model")), (x.mean, y.mean * 100), textcoords="offset points",
+                        xytext=(5, 5), fontsize=7)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=c, marker="o", linestyle="", markersize=7, label=m)
