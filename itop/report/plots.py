@@ -112,6 +112,19 @@ def _stats_for(groups: Sequence[Group], needed: Sequence[str]) -> list[Group]:
     return [g for g in groups if all(k in g.stats and g.stats[k].n for k in needed)]
 
 
+def _method_sparsity_legend(ax, colors: dict[str, Any], used: set[str], markers: dict[Any, str],
+                            sparsities: Sequence[Any], size: int) -> None:
+    """The legend of the scatter plots: a colour per method shown, a marker per sparsity."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", markersize=size, label=m)
+               for m, c in colors.items() if m in used]
+    handles += [Line2D([], [], color="grey", marker=markers[s], linestyle="", markersize=size,
+                       label=f"sparsity {_fmt_value('target_sparsity', s)}") for s in sparsities]
+    ax.legend(handles=handles, fontsize=8, loc="best", title="colour: method, marker: sparsity",
+              title_fontsize=8)
+
+
 def plot_accuracy_vs_itop(runs: Sequence[Run], path: str | os.PathLike,
                           by: Sequence[str] | None = None) -> Path:
     """Test accuracy vs ITOP rate R_s, one point per group with std error bars.
@@ -153,14 +166,7 @@ def plot_accuracy_vs_itop(runs: Sequence[Run], path: str | os.PathLike,
         if text:
             ax.annotate(text, (x.mean, y.mean * 100), textcoords="offset points",
                         xytext=offsets[i % len(offsets)], fontsize=8)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=c, marker="o", linestyle="", markersize=8, label=m)
-               for m, c in colors.items() if m in used]
-    handles += [Line2D([], [], color="grey", marker=markers[s], linestyle="", markersize=8,
-                       label=f"sparsity {_fmt_value('target_sparsity', s)}") for s in sparsities]
-    ax.legend(handles=handles, fontsize=8, loc="best", title="colour: method, marker: sparsity",
-              title_fontsize=8)
+    _method_sparsity_legend(ax, colors, used, markers, sparsities, 8)
     ax.set_xlabel("ITOP rate R_s (fraction of weights ever active)")
     which = " of the model selected by val. acc." if acc == "test_acc_selected" else ", last epoch"
     ax.set_ylabel(f"test accuracy (%){which}")
@@ -198,14 +204,7 @@ def _plot_accuracy_against(runs: Sequence[Run], path: str | os.PathLike, by: Seq
         if str(g.get("model")) != common:
             ax.annotate(str(g.get("model")), (x.mean, y.mean * 100), textcoords="offset points",
                         xytext=(5, 5), fontsize=7)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=c, marker="o", linestyle="", markersize=7, label=m)
-               for m, c in colors.items() if m in used]
-    handles += [Line2D([], [], color="grey", marker=markers[s], linestyle="", markersize=7,
-                       label=f"sparsity {_fmt_value('target_sparsity', s)}") for s in sparsities]
-    ax.legend(handles=handles, fontsize=8, loc="best", title="colour: method, marker: sparsity",
-              title_fontsize=8)
+    _method_sparsity_legend(ax, colors, used, markers, sparsities, 7)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     which = " of the model selected by val. acc." if acc == "test_acc_selected" else ", last epoch"
