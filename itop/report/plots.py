@@ -112,6 +112,14 @@ def _stats_for(groups: Sequence[Group], needed: Sequence[str]) -> list[Group]:
     return [g for g in groups if all(k in g.stats and g.stats[k].n for k in needed)]
 
 
+def _method_sparsity_styles(runs: Sequence[Run], groups: Sequence[Group]
+                            ) -> tuple[dict[str, Any], set[str], list[Any], dict[Any, str]]:
+    """Colours per method (from all runs), the methods shown, the sparsities and their markers."""
+    sparsities = sorted({_clean(g.get("target_sparsity")) for g in groups}, key=_sort_key)
+    markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(sparsities)}
+    return _method_colors(runs), {str(g.get("method")) for g in groups}, sparsities, markers
+
+
 def _method_sparsity_legend(ax, colors: dict[str, Any], used: set[str], markers: dict[Any, str],
                             sparsities: Sequence[Any], size: int) -> None:
     """The legend of the scatter plots: a colour per method shown, a marker per sparsity."""
@@ -150,10 +158,7 @@ def plot_accuracy_vs_itop(runs: Sequence[Run], path: str | os.PathLike,
         raise SkipPlot("no run has both a test accuracy and an ITOP rate")
     fig = _figure()
     ax = fig.add_subplot()
-    colors = _method_colors(runs)
-    used = {str(g.get("method")) for g in groups}
-    sparsities = sorted({_clean(g.get("target_sparsity")) for g in groups}, key=_sort_key)
-    markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(sparsities)}
+    colors, used, sparsities, markers = _method_sparsity_styles(runs, groups)
     annotate = [k for k in ("update_interval", "batch_size", "multiplier")
                 if len({_hashable(g.get(k)) for g in groups}) > 1]
     offsets = ((6, 6), (6, -14), (-10, 10), (-10, -16))
@@ -190,10 +195,7 @@ def _plot_accuracy_against(runs: Sequence[Run], path: str | os.PathLike, by: Seq
         raise SkipPlot(f"no run has both a test accuracy and a positive {metric}")
     fig = _figure()
     ax = fig.add_subplot()
-    colors = _method_colors(runs)
-    used = {str(g.get("method")) for g in groups}
-    sparsities = sorted({_clean(g.get("target_sparsity")) for g in groups}, key=_sort_key)
-    markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(sparsities)}
+    colors, used, sparsities, markers = _method_sparsity_styles(runs, groups)
     models = [str(g.get("model")) for g in groups]
     common = max(set(models), key=models.count)  # label only the other models (e.g. narrow dense ones)
     for g in groups:
