@@ -25,6 +25,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -52,7 +53,9 @@ from _common import (  # noqa: E402
 import itop  # noqa: E402
 from itop.models import build_model  # noqa: E402
 from itop.sparse import SparseLinear  # noqa: E402
-from itop.sparse.kernels import CsrLayout  # noqa: E402
+from itop.sparse import kernels as sparse_kernels  # noqa: E402
+from itop.sparse.kernels import CsrLayout, NativeCpuKernels, TorchKernels  # noqa: E402
+from itop.sparse.native import native_kernels, native_status  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 
@@ -171,9 +174,26 @@ def kernel_candidates(shape: tuple[int, int], density: float, batch: int,
             torch.sum(gt.index_select(0, rows[sl]) * xt.index_select(0, cols[sl]), 1, out=o[sl])
         return o
 
+    torch_layer, native_layer = TorchKernels(), NativeCpuKernels()
+    layer: dict[str, dict[str, Callable[[], Any]]] = {"forward": {}, "grad_input": {}, "grad_weight": {}}
+    # Whole layer products as the backends run them, from and to row-major (N, features)
+    # tensors: the transposes each backend needs are inside the timing.
+    layer["forward"]["layer: torch backend (with transposes)"] = lambda: torch_layer.forward(x, values, None, lay)
+    layer["grad_input"]["layer: torch backend (with transpose)"] = lambda: torch_layer.backward(
+        g, xt, values, lay, True, False)
+    if native_kernels() is not None:
+        nk = native_kernels()
+        xt_pad, gt_pad = nk.transpose_pad(x), nk.transpose_pad(g)
+        layer["forward"]["layer: native backend (with transposes)"] = lambda: native_layer.forward(
+            x, values, None, lay)
+        layer["grad_input"]["layer: native backend (with transpose)"] = lambda: native_layer.backward(
+            g, xt_pad, values, lay, True, False)
+        layer["grad_weight"]["native sddmm"] = lambda: nk.sddmm(lay.crow, lay.col, gt_pad, xt_pad)
+
     return {
         "forward": {
             "dense x@W.T": lambda: x @ w_dense.t(),
+            **layer["forward"],
             "csr reduce (ATen) int32": lambda: torch.sparse.mm(csr, xt, "sum"),
             "csr reduce (ATen) int64": lambda: torch.sparse.mm(csr64, xt, "sum"),
             "csr mkl int32": lambda: torch.sparse.mm(csr, xt),
@@ -184,6 +204,7 @@ def kernel_candidates(shape: tuple[int, int], density: float, batch: int,
         },
         "grad_input": {
             "dense g@W": lambda: g @ w_dense,
+            **layer["grad_input"],
             "csr(W.T) reduce + gather": lambda: torch.sparse.mm(lay.transposed(values), gt, "sum"),
             "csr(W.T) mkl + gather": lambda: torch.sparse.mm(lay.transposed(values), gt),
             "csr(W.T) reduce, no gather": lambda: torch.sparse.mm(t_csr, gt, "sum"),
@@ -192,6 +213,7 @@ def kernel_candidates(shape: tuple[int, int], density: float, batch: int,
         },
         "grad_weight": {
             "dense g.T@x": lambda: gt @ x,
+            **layer["grad_weight"],
             "sddmm (x.T view)": lambda: torch.sparse.sampled_addmm(pattern, gt, xt.t(), beta=0.0),
             "sddmm (x row-major)": lambda: torch.sparse.sampled_addmm(pattern, gt, x, beta=0.0),
             "gather+dot": gather_dot,
@@ -236,12 +258,35 @@ TARGET_WIDTH = 4096
 SCHEDULE = {1024: (20, 5, 20, 10), 2048: (14, 3, 16, 6), 4096: (10, 2, 12, 3)}
 
 
-class Variant:
-    """The wide MLP trained through ``itop.build(..., execution=...)`` on fixed random batches."""
+#: Kernel backends a sparse variant can run with (``--kernels``): the backend list in force.
+KERNEL_CHOICES: dict[str, Callable[[], list[Any]]] = {
+    "native": lambda: [NativeCpuKernels(), TorchKernels()],
+    "torch": lambda: [TorchKernels()],
+}
 
-    def __init__(self, width: int, sparsity: float, execution: str, args: argparse.Namespace) -> None:
-        self.width, self.sparsity, self.execution = width, sparsity, execution
-        self.label = f"{execution}@{sparsity:g}"
+
+@contextlib.contextmanager
+def kernel_backends(name: str | None):
+    """Run sparse layers with the named backends (``None``: leave them as they are)."""
+    if name is None:
+        yield
+        return
+    saved = list(sparse_kernels.BACKENDS)
+    sparse_kernels.BACKENDS[:] = KERNEL_CHOICES[name]()
+    try:
+        yield
+    finally:
+        sparse_kernels.BACKENDS[:] = saved
+
+
+class Variant:
+    """The wide MLP trained through ``itop.build(..., execution=...)`` on fixed random batches;
+    sparse variants run with one set of kernels (``kernels``)."""
+
+    def __init__(self, width: int, sparsity: float, execution: str, args: argparse.Namespace,
+                 kernels: str | None = None) -> None:
+        self.width, self.sparsity, self.execution, self.kernels = width, sparsity, execution, kernels
+        self.label = f"{execution}{'-' + kernels if kernels else ''}@{sparsity:g}"
         torch.manual_seed(args.seed)
         self.model = build_model("mlp", in_channels=1, num_classes=10, image_size=28, hidden=(width, width))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -259,18 +304,25 @@ class Variant:
 
     def train_step(self) -> None:
         x, y = self._batch()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.optimizer.step()
-        self.sparsifier.step()
+        with kernel_backends(self.kernels):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+            self.sparsifier.step()
 
     @torch.no_grad()
     def infer(self) -> None:
-        self.model(self._batch()[0])
+        x = self._batch()[0]
+        with kernel_backends(self.kernels):
+            self.model(x)
 
     def update(self, drop: float) -> tuple[float, float]:
         """One training step ending with a topology update: (step seconds, update seconds)."""
+        with kernel_backends(self.kernels):
+            return self._update(drop)
+
+    def _update(self, drop: float) -> tuple[float, float]:
         x, y = self._batch()
         t0 = time.perf_counter()
         self.sparsifier.request_dense_gradient()  # what a scheduled RigL update step asks for
@@ -301,9 +353,11 @@ def _speedup(dense: list[list[float]], sparse: list[list[float]]) -> tuple[float
 
 def run_width(width: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     t_start = time.perf_counter()
-    variants = {(s, e): Variant(width, s, e, args) for s in args.sparsities for e in ("dense", "sparse")}
-    layers = [(st.name, st.execution, round(st.density, 5)) for st in variants[(args.sparsities[-1], "sparse")]
-              .sparsifier.layer_stats()]
+    kinds = [("dense", None)] + [("sparse", k) for k in args.kernels]
+    variants = {(s, e, k): Variant(width, s, e, args, k) for s in args.sparsities for e, k in kinds}
+    main_kernels = args.kernels[0]
+    layers = [(st.name, st.execution, round(st.density, 5))
+              for st in variants[(args.sparsities[-1], "sparse", main_kernels)].sparsifier.layer_stats()]
     tr, tb, ir, ib = SCHEDULE.get(width, (10, 2, 12, 3))
     if args.quick:
         tr, tb, ir, ib = 2, 1, 2, 1
@@ -325,7 +379,7 @@ def run_width(width: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             update[v.label] = [v.update(0.3) for _ in range(reps)]
     rows = []
     for s in args.sparsities:
-        d, sp = variants[(s, "dense")], variants[(s, "sparse")]
+        d, sp = variants[(s, "dense", None)], variants[(s, "sparse", main_kernels)]
         train_x, train_ci = _speedup(train[d.label], train[sp.label])
         infer_x, infer_ci = _speedup(infer[d.label], infer[sp.label])
         mem_d, mem_s = d.memory(), sp.memory()
@@ -344,6 +398,13 @@ def run_width(width: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             "sparse_update_step_ms": round(quantiles([t for t, _ in upd_s])[1] * 1e3, 2),
             "dense_memory_bytes": mem_d, "sparse_memory_bytes": mem_s,
             "memory_ratio": round(mem_d["total"] / mem_s["total"], 2),
+            "kernels": main_kernels,
+            "by_kernels": {k: {
+                "train_speedup": round(_speedup(train[d.label], train[variants[(s, "sparse", k)].label])[0], 3),
+                "infer_speedup": round(_speedup(infer[d.label], infer[variants[(s, "sparse", k)].label])[0], 3),
+                "sparse_train_ms": round(median_ms(train[variants[(s, "sparse", k)].label]), 3),
+                "sparse_infer_ms": round(median_ms(infer[variants[(s, "sparse", k)].label]), 3),
+            } for k in args.kernels},
             "rejected_rounds": {"train": q_train["rejected_rounds"], "infer": q_infer["rejected_rounds"]},
             "other_cpu_median": {"train": q_train["other_cpu_median"], "infer": q_infer["other_cpu_median"]},
         }
@@ -356,6 +417,7 @@ def run_width(width: int, args: argparse.Namespace) -> list[dict[str, Any]]:
           f"{args.distribution}): train {tr} rounds x {tb}, inference {ir} x {ib}, {reps} updates; "
           f"{time.perf_counter() - t_start:.0f} s; contended rounds discarded: train "
           f"{q_train['rejected_rounds']}, inference {q_infer['rejected_rounds']}")
+    print(f"   sparse kernels: {', '.join(args.kernels)} (headline figures: {main_kernels})")
     print("   layers at sparsity {:g}: {}".format(args.sparsities[-1], ", ".join(
         f"{n} {e} density {d}" for n, e, d in layers)))
     print_table(
@@ -369,6 +431,15 @@ def run_width(width: int, args: argparse.Namespace) -> list[dict[str, Any]]:
           f"{r['dense_update_step_ms']:.1f} / {r['sparse_update_step_ms']:.1f}",
           f"{r['dense_memory_bytes']['total'] / 2**20:.1f} / {r['sparse_memory_bytes']['total'] / 2**20:.1f}",
           r.get("verdict", "-")] for r in rows])
+    if len(args.kernels) > 1:
+        print("   by kernels (same rounds):")
+        print_table(["sparsity", *[f"{k} train ms / x" for k in args.kernels],
+                     *[f"{k} infer ms / x" for k in args.kernels]],
+                    [[f"{r['sparsity']:g}",
+                      *[f"{r['by_kernels'][k]['sparse_train_ms']:.2f} / {r['by_kernels'][k]['train_speedup']:.2f}x"
+                        for k in args.kernels],
+                      *[f"{r['by_kernels'][k]['sparse_infer_ms']:.2f} / {r['by_kernels'][k]['infer_speedup']:.2f}x"
+                        for k in args.kernels]] for r in rows])
     del variants
     return rows
 
@@ -395,6 +466,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--densities", nargs="+", type=float, default=[0.1, 0.05, 0.02, 0.01],
                    help="kernel part: layer densities")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--kernels", nargs="+", choices=sorted(KERNEL_CHOICES), default=None,
+                   help="model part: sparse kernels to time side by side, the first gives the headline "
+                        "figures (default: native torch, or torch when the native kernels are unavailable)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (0: all available CPUs)")
     p.add_argument("--kernel-rounds", type=int, default=15)
     p.add_argument("--method", default="rigl", help="itop method of both executions")
@@ -414,6 +488,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     threads = set_threads(args.threads)
+    available = native_kernels() is not None
+    if args.kernels is None:
+        args.kernels = ["native", "torch"] if available else ["torch"]
+    if "native" in args.kernels and not available:
+        print(f"bench_sparse: error: --kernels native: {native_status()}", file=sys.stderr)
+        return 2
     if not args.keep_denormals:
         torch.set_flush_denormal(True)
     info = machine_info(threads)
@@ -424,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = run_kernels(args) if args.part == "kernels" else run_model(args)
     wall = time.perf_counter() - start
     contention = monitor.fraction()
-    info.update({"bench": "sparse", "part": args.part, "mode": "quick" if args.quick else "full",
+    info.update({"bench": "sparse", "part": args.part, "cpu_kernels": native_status(), "mode": "quick" if args.quick else "full",
                  "wall_s": round(wall, 1), "ignore_niced": args.ignore_niced,
                  "other_cpu_fraction": None if contention is None else round(contention, 4), **payload})
     emit_json({"bench": info.pop("bench"), **info})

@@ -432,6 +432,11 @@ class Sparsifier:
             modules = [layer.module_name for layer in self._layers if layer.storage.kind == "sparse"]
             ignore_in_ddp(root, [f"{m}.indices" if m else "indices" for m in modules])
             log.info("execution %s: %d layers run sparse: %s", self.execution, len(sparse), ", ".join(sparse))
+            if any(layer.storage.param.device.type == "cpu" for layer in self._layers
+                   if layer.storage.kind == "sparse"):
+                from .sparse.native import native_status
+
+                log.info("sparse kernels on CPU: %s", native_status())
         if kept:
             log.info("execution %s: %d layers keep dense masking: %s", self.execution, len(kept), "; ".join(kept))
         self._refresh_mask_lists()

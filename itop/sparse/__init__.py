@@ -2,7 +2,8 @@
 
 With ``execution="sparse"`` (:func:`itop.build`) every masked ``nn.Linear`` becomes a
 :class:`SparseLinear`: a fixed-size ``values`` parameter holds the active weights, forward and
-backward run sparse kernels (:mod:`itop.sparse.kernels`), and the optimizer state exists for
+backward run sparse kernels (:mod:`itop.sparse.kernels`: on CPU native C kernels compiled on
+first use, :mod:`itop.sparse.native`; elsewhere, or without a C compiler, torch's), and the optimizer state exists for
 active weights only. Other layers keep dense masking in the same model.
 
 Also here: conversion helpers (:func:`to_dense`, :func:`dense_state_dict`) and the compressed
@@ -18,19 +19,35 @@ from .convert import (
     to_sparse_linear,
 )
 from .export import EXPORT_FORMAT, export_model, load_export, read_export
-from .kernels import SPMM, SUPPORTED_DTYPES, CsrLayout, DenseGradSink, sparse_linear, spmm
+from .kernels import (
+    BACKENDS,
+    SPMM,
+    SUPPORTED_DTYPES,
+    CsrLayout,
+    DenseGradSink,
+    KernelBackend,
+    kernel_backend,
+    sparse_linear,
+    spmm,
+)
 from .linear import SparseLinear
+from .native import native_kernels, native_status
 
 __all__ = [
+    "BACKENDS",
     "EXPORT_FORMAT",
     "SPMM",
     "SUPPORTED_DTYPES",
     "CsrLayout",
     "DenseGradSink",
+    "KernelBackend",
     "SparseLinear",
     "dense_state_dict",
     "export_model",
+    "kernel_backend",
     "load_export",
+    "native_kernels",
+    "native_status",
     "read_export",
     "replace_module",
     "sparse_capable",

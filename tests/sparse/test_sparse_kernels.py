@@ -1,4 +1,7 @@
-"""The sparse kernels against dense masked execution: forward, gradients, dense gradient."""
+"""The sparse kernels against dense masked execution: forward, gradients, dense gradient.
+
+Every test runs once per kernel backend (the native C kernels and torch's), so both stay
+equivalent to ``F.linear`` on a dense masked weight."""
 
 import pytest
 import torch
@@ -6,9 +9,19 @@ from _sparse_threads import one_thread  # noqa: F401  (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from itop.sparse import CsrLayout, DenseGradSink, sparse_linear
+from itop.sparse import CsrLayout, DenseGradSink, kernels, native_kernels, sparse_linear
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "backend")
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request, monkeypatch):
+    """Only this backend (and torch's for what it does not support, e.g. float64)."""
+    if request.param == "native" and native_kernels() is None:
+        pytest.skip("native kernels unavailable on this machine (no C compiler)")
+    chosen = [b for b in kernels.BACKENDS if b.name == request.param]
+    monkeypatch.setattr(kernels, "BACKENDS", [*chosen, kernels.TorchKernels()])
+    return request.param
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
