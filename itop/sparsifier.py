@@ -682,6 +682,22 @@ class Sparsifier:
         others = sum(p.numel() for p in self.model.parameters() if id(p) not in managed)
         return others + self.num_active()
 
+    def at_final_sparsity(self) -> bool:
+        """Whether the network is now as sparse as it trains to: always with a fixed sparsity;
+        with a sparsity schedule (gradual pruning, Zhu & Gupta 2017), once the pruning steps
+        have brought the active count down to the schedule's final sparsity. Model selection
+        considers only such states: before, a gradually pruned network is denser than the
+        result it stands for. A schedule without a ``final`` attribute is taken as reached.
+        """
+        final = getattr(self.sparsity_schedule, "final", None) if self.sparsity_schedule is not None else None
+        if final is None:
+            return True
+        if self.global_pruning:
+            target = round((1.0 - float(final)) * self.num_weights())
+        else:
+            target = sum(self._target_counts(float(final)).values())
+        return self.num_active() <= target
+
     def actual_sparsity(self) -> float:
         """Fraction of sparsifiable weights that are inactive now."""
         return 1.0 - self.num_active() / self.num_weights()

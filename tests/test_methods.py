@@ -104,6 +104,19 @@ def test_gmp_global_pruning_keeps_the_global_top_magnitudes():
         assert bool((weights[name].abs()[m] >= threshold).all())
 
 
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_gmp_reaches_its_final_sparsity_only_at_the_last_pruning_step(global_pruning):
+    # The schedule ends at step 750 (the last multiple of ΔT=50 <= 0.75 * 1000).
+    model, opt, sp = _gmp(global_pruning=global_pruning)
+    reached = []
+    for _ in range(1000):
+        sp.step()
+        reached.append(sp.at_final_sparsity())
+    assert not any(reached[:749]) and all(reached[749:])
+    static = itop.build("static", mlp(), None, sparsity=0.9, seed=0)
+    assert static.at_final_sparsity()
+
+
 def test_gmp_bad_window():
     with pytest.raises(ConfigError, match="cannot reach sparsity"):
         _gmp(prune_start=0.1, prune_end=0.12)  # no multiple of ΔT=50 inside steps 100..120

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import DataNotFoundError
-from ..training.metrics import summary_from_records
+from ..training.metrics import reselect, summary_from_records
 
 __all__ = ["Run", "collect"]
 
@@ -166,6 +166,14 @@ def _load_run(folder: Path) -> Run | None:
             return None
         summary = summary_from_records(folder, config, epochs, updates)
         note = f"no summary.json (stopped at step {summary['steps']}); values from metrics.jsonl"
+    else:
+        corrected = reselect(summary, epochs)
+        if corrected is not None:
+            log.warning("%s: selected epoch %s -> %s (its summary was written by an itop that selected "
+                        "before the final sparsity; best.pt holds the old one)", folder.name,
+                        summary.get("selected_epoch"), corrected["selected_epoch"])
+            summary = corrected
+            note = f"selection redone from metrics.jsonl (epoch {corrected['selected_epoch']} at the final sparsity)"
     run = Run(path=folder, summary=summary, config=config, epochs=epochs, updates=updates)
     if not run.completed and not note:
         epochs_total = summary.get("epochs")

@@ -201,6 +201,8 @@ def end_epoch(t: Trainer, seconds: float) -> dict[str, Any]:
         "lr": t.optimizer.param_groups[0]["lr"],
         **t.task.metrics("train", loss_sum / max(seen, 1), correct / max(seen, 1)),
     }
+    # Only epochs at the final sparsity may be selected (gradual pruning is denser before).
+    record["at_final_sparsity"] = t.sparsifier.at_final_sparsity()
     if epoch % cfg.eval_every == 0 or epoch == t.epochs:
         if t.val_loader is not None:
             record.update(t.task.metrics("val", *evaluate(t.model, t.val_loader, t.device, t.autocast, t.task)))

@@ -191,6 +191,32 @@ def summary_from_records(folder: Path, config: Mapping[str, Any], epochs: Sequen
     )
 
 
+def reselect(summary: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """``summary`` with its selected epoch chosen again from the run's epoch records by the
+    current rule (:mod:`~itop.training.selection`), or ``None`` when the selection stands.
+
+    Runs written by itop before selection waited for the final sparsity could report a
+    gradually pruned network at an epoch when it was still denser than its target; this puts
+    the summary right (the run's ``best.pt`` still holds the epoch it selected then).
+    """
+    evaluated = [e for e in epochs if "test_acc" in e]
+    best = select_best(evaluated)
+    if best is None or best.get("epoch") == summary.get("selected_epoch"):
+        return None
+    from .tasks import TASKS
+
+    out = dict(summary)
+    best_val = best.get("val_acc")
+    out.update({"selected_epoch": best.get("epoch"),
+                "best_val_acc": best_val if best_val is not None and best_val != float("-inf") else None,
+                "test_acc_selected": best.get("test_acc"), "test_loss_selected": best.get("test_loss")})
+    task = summary.get("task")
+    if task is not None and best.get("test_loss") is not None and task in TASKS.names():
+        for k, v in TASKS.lookup(task)().derived(best["test_loss"]).items():
+            out[f"test_{k}_selected"] = v
+    return out
+
+
 def write_summary(summary: Mapping[str, Any], path: Path) -> None:
     """Write ``summary.json`` atomically (a crash never leaves half a summary)."""
     tmp = path.with_name(f".{path.name}.tmp")
