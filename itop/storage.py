@@ -210,13 +210,28 @@ class SparseValuesStorage(WeightStorage):
     def param(self) -> torch.Tensor:
         return self.module.values
 
-    def _source(self, new_idx: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
+    def _source(self, new_idx: torch.Tensor, reset: torch.Tensor | None,
+                scratch: torch.Tensor | None = None) -> torch.Tensor:
         """For each new position, its index in the current values, or -1 if it has none (or
-        is in ``reset``): one dense position map, O(numel) but no sort or search."""
+        is in ``reset``): one dense position map, O(numel) but no sort or search (a binary
+        search of the new positions in the old ones was measured 2-5x slower at 90% density).
+
+        ``scratch``: a dense tensor of ``numel`` entries this call may overwrite (the update's
+        mask, no longer needed): the map reuses its memory, which spares allocating and
+        page-faulting ``numel`` fresh entries (~45 ms for a 4096x4096 layer on the reference
+        machine, a quarter of a sparse RigL update there)."""
         old_idx = self.module.indices
-        itype = torch.int32 if max(self.numel, old_idx.numel()) < 2**31 else torch.long
-        posmap = torch.full((self.numel,), -1, dtype=itype, device=old_idx.device)
-        posmap.index_copy_(0, old_idx, torch.arange(old_idx.numel(), dtype=itype, device=old_idx.device))
+        device = old_idx.device
+        flat = scratch.reshape(-1) if scratch is not None else None
+        itypes = {4: torch.int32, 8: torch.long}
+        if (flat is not None and flat.numel() == self.numel and flat.is_contiguous()
+                and flat.element_size() in itypes
+                and max(self.numel, old_idx.numel()) < 2 ** (8 * flat.element_size() - 1)):
+            posmap = flat.view(itypes[flat.element_size()]).fill_(-1)
+        else:
+            itype = torch.int32 if max(self.numel, old_idx.numel()) < 2**31 else torch.long
+            posmap = torch.full((self.numel,), -1, dtype=itype, device=device)
+        posmap.index_copy_(0, old_idx, torch.arange(old_idx.numel(), dtype=posmap.dtype, device=device))
         if reset is not None and reset.numel():
             posmap.index_fill_(0, reset, -1)
         return posmap.index_select(0, new_idx).to(torch.long)
@@ -291,7 +306,9 @@ class SparseValuesStorage(WeightStorage):
         new_idx = view.mask.reshape(-1).nonzero().squeeze(1).to(m.indices.device)
         if new_idx.numel() != active.numel():
             raise RuntimeError(f"'{self.name}': the update's mask and active set disagree")
-        source = self._source(new_idx, reset.to(device=m.indices.device, dtype=torch.long))
+        # The mask is spent once new_idx is read: its memory holds the position map.
+        source = self._source(new_idx, reset.to(device=m.indices.device, dtype=torch.long),
+                              scratch=view.mask)
         remap_state(optimizer, m.values, source, m.values.shape)
         m.set_structure(new_idx, flat_gather(view.weight, new_idx))
         view.weight.grad = None
