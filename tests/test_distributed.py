@@ -42,6 +42,7 @@ def _worker(rank, world, port, method, out_dir):
         masks = {k: v.to(torch.uint8) for k, v in sp.masks().items()}
         torch.save({"masks": masks, "rate": sp.itop_rate(), "updates": len(sp.history)},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # leave together: tearing gloo down under a peer's feet aborts the process
     finally:
         dist.destroy_process_group()
 

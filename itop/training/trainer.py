@@ -544,6 +544,9 @@ class Trainer:
         if self._saved_step != self.progress.step:
             self.save()
         self.metrics.close()
+        # No rank leaves before rank 0's checkpoint is on disk: under torchrun the first rank to
+        # exit gets the others terminated, which could cut the checkpoint write short.
+        distributed.barrier()
         path = self.last_checkpoint if self.is_main else None
         raise Interrupted(self._stop_signal or signal.SIGTERM, self.progress.step,
                           str(path) if path is not None else None)

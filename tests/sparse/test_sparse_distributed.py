@@ -54,6 +54,7 @@ def _worker(rank, world, port, out_dir):
             out[key + "-updates"] = len(sp.history)
             out[key + "-sparse"] = len(sparse_layers(model))
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # leave together: tearing gloo down under a peer's feet aborts the process
     finally:
         dist.destroy_process_group()
 

@@ -31,6 +31,7 @@ def _worker(rank, world, port, jobs, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    finished = False
     try:
         for tag, over in jobs:
             t = Trainer(load_config(None, {**BASE, "out_dir": os.path.join(out_dir, tag), "name": "run", **over}),
@@ -44,10 +45,13 @@ def _worker(rank, world, port, jobs, out_dir):
                         "rate": t.sparsifier.itop_rate(), "steps": t.progress.step,
                         "updates": len(t.sparsifier.history), "interrupted": interrupted},
                        os.path.join(out_dir, f"{tag}-rank{rank}.pt"))
+        finished = True
     finally:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if finished:  # leave together: a rank tearing gloo down while its peer still uses
+                dist.barrier()  # the connection aborts the process ("terminate called ...")
             dist.destroy_process_group()
 
 
