@@ -123,7 +123,6 @@ def make_summary(
 
     best = best or {}
     last_eval = last_eval or {}
-    best_val = best.get("val_acc")
     out: dict[str, Any] = {
         "run": run,
         "method": config.get("method"), "model": config.get("model"), "dataset": config.get("dataset"),
@@ -131,7 +130,7 @@ def make_summary(
         "execution": config.get("execution"),
         "epochs": epochs, "steps": steps, "completed": completed,
         "selected_epoch": best.get("epoch"),
-        "best_val_acc": best_val if best_val is not None and best_val != float("-inf") else None,
+        "best_val_acc": _val_acc(best),
         "test_acc_selected": best.get("test_acc"),
         "final_val_acc": last_eval.get("val_acc"),
         "final_test_acc": last_eval.get("test_acc"),
@@ -191,6 +190,12 @@ def summary_from_records(folder: Path, config: Mapping[str, Any], epochs: Sequen
     )
 
 
+def _val_acc(best: Mapping[str, Any]) -> float | None:
+    """The selected epoch's validation accuracy (``None`` without a validation set)."""
+    val = best.get("val_acc")
+    return val if val is not None and val != float("-inf") else None
+
+
 def reselect(summary: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """``summary`` with its selected epoch chosen again from the run's epoch records by the
     current rule (:mod:`~itop.training.selection`), or ``None`` when the selection stands.
@@ -206,9 +211,7 @@ def reselect(summary: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]]) ->
     from .tasks import TASKS
 
     out = dict(summary)
-    best_val = best.get("val_acc")
-    out.update({"selected_epoch": best.get("epoch"),
-                "best_val_acc": best_val if best_val is not None and best_val != float("-inf") else None,
+    out.update({"selected_epoch": best.get("epoch"), "best_val_acc": _val_acc(best),
                 "test_acc_selected": best.get("test_acc"), "test_loss_selected": best.get("test_loss")})
     task = summary.get("task")
     if task is not None and best.get("test_loss") is not None and task in TASKS.names():
