@@ -351,3 +351,41 @@ def test_overparam_study_compares_at_equal_parameters_with_enough_updates():
         sp = itop.build("static", model, None, sparsity=sparsity, total_steps=10)
         small = sum(p.numel() for p in build_model(name, in_channels=1, num_classes=10, image_size=28).parameters())
         assert abs(small - sp.num_parameters()) <= 0.01 * sp.num_parameters(), (name, small, sp.num_parameters())
+
+
+def test_extreme_sparsity_long_study_trains_lenet5_long_enough_at_extreme_sparsity(tmp_path):
+    runs = expand(STUDIES / "extreme-sparsity-long.yaml", "cpu")
+    configs = [RunConfig.from_flat(r.config) for r in runs]
+    assert {c.seed for c in configs} == {0, 1, 2} and {c.model for c in configs} == {"lenet-5-caffe"}
+    assert all(c.epochs >= 10 and c.dataset == "fashion-mnist" for c in configs)
+    sparse = [c for c in configs if c.method != "dense"]
+    assert {c.sparsity for c in sparse} == {0.98, 0.99}
+    assert {c.method for c in sparse} >= {"static", "set-itop", "rigl-itop", "gmp", "snip", "synflow", "imp"}
+    steps = 10 * -(-54_000 // 128)
+    for c in sparse:
+        if c.method in ("set-itop", "rigl-itop"):  # the last step is never an update
+            assert (steps - 1) // c.resolved()["update_interval"] >= 50
+    assert {c.resolved()["rounds"] for c in configs if c.method == "imp"} == {3}
+    # sparse_init on and off for the same static and RigL-ITOP runs; run names unchanged by it
+    # for every other method.
+    pairs = {(c.method, c.sparsity, c.seed) for c in configs if c.resolved()["sparse_init"]}
+    assert {(m, s) for m, s, _ in pairs} == {(m, s) for m in ("static", "rigl-itop") for s in (0.98, 0.99)}
+    assert len({r.name for r in runs}) == len(runs)
+    smoke = expand(STUDIES / "extreme-sparsity-long.yaml", "smoke", out_dir=tmp_path)
+    assert 1 < len(smoke) <= 8 and all(r.config["dataset"] == "digits" for r in smoke)
+
+
+_SLOW_STUDIES = ("itop-rate", "batch-size", "extreme-sparsity", "sparse-init", "fidelity", "overparam")
+
+
+@pytest.mark.parametrize("study", ["extreme-sparsity-long",
+                                   *(pytest.param(s, marks=pytest.mark.slow) for s in _SLOW_STUDIES)])
+def test_packaged_study_smoke_scale_trains_every_run(study, tmp_path):
+    # Planning is not enough: a smoke scale must also train (e.g. a model that cannot take the
+    # smoke data's 8x8 images fails only when it runs).
+    path = STUDIES / f"{study}.yaml"
+    assert cli_main(["--log-level", "WARNING", "sweep", "-c", str(path), "--scale", "smoke", "--jobs", "2",
+                     "--out-dir", str(tmp_path)]) == 0
+    planned = expand(path, "smoke", out_dir=tmp_path)
+    for run in planned:
+        assert json.loads((run.run_dir / "summary.json").read_text())["completed"], run.name
