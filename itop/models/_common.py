@@ -95,3 +95,23 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             module.reset_parameters()
+
+
+def _keep_pytorch_defaults(model: nn.Module) -> None:
+    """The ``pytorch`` initialisation: the layers keep the values PyTorch gave them."""
+
+
+#: Initialisations a model offers through ``model_args: {init: ...}`` (LeNet-5-Caffe, VGG-C):
+#: ``pytorch`` keeps PyTorch's layer defaults (the authors' code), ``kaiming`` applies
+#: :func:`init_weights`.
+INITS = {"pytorch": _keep_pytorch_defaults, "kaiming": init_weights}
+
+
+def check_init(init: object, model: str) -> str:
+    """``init`` if it names one of :data:`INITS`, else a :class:`ConfigError` naming the fix."""
+    if init not in INITS:
+        raise ConfigError(
+            f"{model} init must be one of {', '.join(INITS)}, got {init!r}; "
+            "set it with model_args: {init: pytorch}"
+        )
+    return init

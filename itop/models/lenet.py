@@ -20,14 +20,14 @@ import torch
 from torch import nn
 
 from itop.errors import ConfigError
-from itop.models._common import check_int, init_weights
+from itop.models._common import INITS, check_init, check_int
 from itop.models.mlp import MLP
 from itop.models.registry import register_model
 
 #: LeNet-5-Caffe's initialisations (``model_args: {init: ...}``): ``pytorch`` keeps PyTorch's
 #: layer defaults (the authors' code), ``kaiming`` applies :func:`init_weights` (Kaiming-normal
 #: fan-out convolutions, zero conv biases; what itop used before).
-LENET5_INITS = ("pytorch", "kaiming")
+LENET5_INITS = tuple(INITS)
 
 #: Smallest square input LeNet-5-Caffe accepts: two (5x5 conv, 2x2 max-pool) stages must
 #: leave at least a 1x1 feature map (16 -> 12 -> 6 -> 2 -> 1).
@@ -70,11 +70,7 @@ class LeNet5Caffe(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int,
                  init: str = "pytorch") -> None:
         super().__init__()
-        if init not in LENET5_INITS:
-            raise ConfigError(
-                f"lenet-5-caffe init must be one of {', '.join(LENET5_INITS)}, got {init!r}; "
-                "set it with model_args: {init: pytorch}"
-            )
+        init = check_init(init, "lenet-5-caffe")
         in_channels = check_int(in_channels, "in_channels")
         num_classes = check_int(num_classes, "num_classes")
         image_size = check_int(image_size, "image_size")
@@ -99,8 +95,7 @@ class LeNet5Caffe(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(500, num_classes),
         )
-        if init == "kaiming":
-            init_weights(self)
+        INITS[init](self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(N, C, H, W)`` images to ``(N, classes)`` logits."""

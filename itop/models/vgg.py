@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from itop.errors import ConfigError
-from itop.models._common import check_int, init_weights
+from itop.models._common import INITS, check_init, check_int, init_weights
 from itop.models.registry import register_model
 
 #: Stage layouts: an int is a convolution's output channels with a 3x3 kernel, a tuple
@@ -44,7 +44,7 @@ VGG_CONFIGS: dict[str, list[int | tuple[int, int] | str]] = {
 
 #: Initialisations of the authors' VGG-C (``model_args: {init: ...}``): ``pytorch`` keeps
 #: PyTorch's layer defaults (their code), ``kaiming`` applies :func:`init_weights`.
-VGG_PAPER_INITS = ("pytorch", "kaiming")
+VGG_PAPER_INITS = tuple(INITS)
 
 
 class PaperVGG(nn.Module):
@@ -70,11 +70,7 @@ class PaperVGG(nn.Module):
                  init: str = "pytorch") -> None:
         super().__init__()
         _check_config(config)
-        if init not in VGG_PAPER_INITS:
-            raise ConfigError(
-                f"vgg-c init must be one of {', '.join(VGG_PAPER_INITS)}, got {init!r}; "
-                "set it with model_args: {init: pytorch}"
-            )
+        init = check_init(init, "vgg-c")
         channels = check_int(in_channels, "in_channels")
         num_classes = check_int(num_classes, "num_classes")
         side = check_int(image_size, "image_size")
@@ -106,8 +102,7 @@ class PaperVGG(nn.Module):
             nn.BatchNorm1d(512),
             nn.Linear(512, num_classes),
         )
-        if init == "kaiming":
-            init_weights(self)
+        INITS[init](self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(N, C, H, W)`` images to ``(N, classes)`` logits."""
